@@ -1,0 +1,16 @@
+//! # meshcore-proto
+//!
+//! The protocol core of Meshcore: everything that decides what a node says and believes,
+//! with none of the machinery that moves bytes.
+//!
+//! **Architecture invariant:** nothing in this crate performs I/O, reads a clock, spawns a
+//! task or draws from a global random number generator. Time and randomness are arguments.
+//! This is what lets the daemon and the deterministic simulator run the same code.
+//!
+//! Modules:
+//! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod identity;
+
+pub use identity::{NodeId, NodeKeypair, NodeSignature, SignatureDomain, SignatureError};
