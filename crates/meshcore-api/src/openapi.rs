@@ -1,0 +1,38 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
+
+use std::sync::OnceLock;
+
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Meshcore node API",
+        description = "REST API of a Meshcore node. Every path below is also served under \
+                       /wp-json/aevov-meshcore/v1/ in place of /v1/, for clients written against \
+                       the Aevov Meshcore specification. Errors are JSON {\"error\", \"message\"}."
+    ),
+    paths(
+        crate::routes::node_info,
+        crate::routes::stats,
+        crate::routes::get_settings,
+        crate::routes::put_settings,
+        crate::routes::reset_setting,
+        crate::routes::openapi,
+    ),
+    components(schemas(
+        meshcore_node::NodeInfo,
+        meshcore_node::NodeStats,
+        meshcore_node::Settings,
+        meshcore_node::settings::TurnServer,
+        meshcore_node::FieldError,
+        crate::ErrorBody,
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the API, built once.
+pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOCUMENT.get_or_init(ApiDoc::openapi)
+}

@@ -1,0 +1,187 @@
+//! The routes, their handlers, and the layers around them (body limit, CORS, tracing,
+//! panic catching, JSON errors for everything axum answers by itself).
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, Method, Request, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use meshcore_node::settings::SettingsPatch;
+use meshcore_node::{Node, NodeInfo, NodeStats, SettingKey, Settings};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+
+/// A JSON body whose rejections become [`ApiError`]s.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+/// A path parameter whose rejections become [`ApiError`]s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct ApiPath<T>(pub(crate) T);
+
+pub(crate) fn router(node: Node) -> Router {
+    let api = Router::new()
+        .route("/node/info", get(node_info))
+        .route("/stats", get(stats))
+        .route("/settings", get(get_settings).put(put_settings))
+        .route("/settings/{key}", delete(reset_setting))
+        .route("/openapi.json", get(openapi))
+        .with_state(node.clone());
+
+    let mut router = Router::new();
+    for prefix in crate::PREFIXES {
+        router = router.nest(prefix, api.clone());
+    }
+    router
+        .fallback(not_found)
+        .layer(middleware::from_fn(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::MAX_BODY_BYTES))
+        .layer(cors(&node))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "a handler panicked",
+            )
+            .into_response()
+        }))
+}
+
+/// CORS that follows the `cors_origins` setting as it changes at run time.
+fn cors(node: &Node) -> CorsLayer {
+    let settings = node.subscribe_settings();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            let allowed = &settings.borrow().cors_origins;
+            allowed
+                .iter()
+                .any(|entry| entry == "*" || entry.as_bytes() == origin.as_bytes())
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([CONTENT_TYPE])
+}
+
+/// Gives a JSON body to error responses that axum produced without one (405, 413 from
+/// limits, …), so that every error a client sees has the same shape.
+async fn json_errors(request: Request<Body>, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            format!(
+                "the body is larger than the limit of {} bytes",
+                crate::MAX_BODY_BYTES
+            ),
+        ),
+        other => (
+            "http_error",
+            other.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+    };
+    let mut rebuilt = ApiError::new(status, code, message).into_response();
+    for (name, value) in response.headers() {
+        if name != CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rebuilt.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rebuilt
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {method} {}; the routes are listed at /v1/openapi.json",
+        uri.path()
+    ))
+}
+
+/// Public facts about this node.
+#[utoipa::path(get, path = "/v1/node/info", tag = "node",
+    responses((status = 200, description = "This node", body = NodeInfo)))]
+pub(crate) async fn node_info(State(node): State<Node>) -> Json<NodeInfo> {
+    Json(node.info())
+}
+
+/// Counts describing this node.
+#[utoipa::path(get, path = "/v1/stats", tag = "node",
+    responses((status = 200, description = "Node statistics", body = NodeStats)))]
+pub(crate) async fn stats(State(node): State<Node>) -> Result<Json<NodeStats>, ApiError> {
+    Ok(Json(node.stats().await?))
+}
+
+/// The settings in force.
+#[utoipa::path(get, path = "/v1/settings", tag = "settings",
+    responses((status = 200, description = "Every setting with its value", body = Settings)))]
+pub(crate) async fn get_settings(State(node): State<Node>) -> Json<Settings> {
+    Json(node.settings())
+}
+
+/// Changes some settings at run time. The change is checked as a whole and stored, so it
+/// outlives a restart and overrides the config file, environment and flags.
+#[utoipa::path(put, path = "/v1/settings", tag = "settings",
+    request_body(content = Object, description = "Setting names and new values, e.g. {\"max_hops\": 7}"),
+    responses(
+        (status = 200, description = "The settings now in force", body = Settings),
+        (status = 400, description = "A rule was broken; nothing changed", body = crate::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn put_settings(
+    State(node): State<Node>,
+    ApiJson(patch): ApiJson<SettingsPatch>,
+) -> Result<Json<Settings>, ApiError> {
+    Ok(Json(node.update_settings(&patch, "the API").await?))
+}
+
+/// Drops the runtime change of one setting, so the config file, environment, flags or
+/// default apply again.
+#[utoipa::path(delete, path = "/v1/settings/{key}", tag = "settings",
+    params(("key" = String, Path, description = "A setting name")),
+    responses(
+        (status = 200, description = "The settings now in force", body = Settings),
+        (status = 404, description = "No such setting", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn reset_setting(
+    State(node): State<Node>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<Settings>, ApiError> {
+    let key = SettingKey::from_name(&key)
+        .ok_or_else(|| ApiError::not_found(format!("no setting named {key:?}")))?;
+    Ok(Json(node.reset_setting(key, "the API").await?))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API")))]
+pub(crate) async fn openapi() -> Response {
+    match serde_json::to_vec(crate::openapi::openapi_document()) {
+        Ok(bytes) => ([(CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(error) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+        .into_response(),
+    }
+}

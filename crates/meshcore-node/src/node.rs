@@ -1,0 +1,389 @@
+//! The running node: its identity, store, settings and peer-link socket, behind a cheap
+//! cloneable handle.
+//!
+//! [`Node::start`] does the start-up work in a fixed order, each step failing with a message
+//! that names what is wrong: prepare the data directory, load or create the key file, open
+//! and migrate the store, resolve settings (sources, then stored runtime changes), bind the
+//! peer-link UDP socket. [`Node::shutdown`] flushes the store.
+//!
+//! Settings readers use [`Node::settings`] (or [`Node::subscribe_settings`]), which never
+//! waits on the store; only changes write to it, one at a time.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use meshcore_proto::{NodeId, NodeKeypair};
+use meshcore_store::{Store, StoreError, DATABASE_FILE};
+use serde::Serialize;
+use tokio::sync::{watch, Mutex};
+
+use crate::data_dir::{self, DataDirError};
+use crate::identity_file::{self, IdentityError, KEY_FILE};
+use crate::settings::{
+    LayeredSettings, SettingKey, Settings, SettingsError, SettingsPatch, SettingsSources,
+};
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Where the key file and the database live.
+    pub data_dir: PathBuf,
+    /// The UDP address for peer links.
+    pub listen: SocketAddr,
+    /// The settings sources below runtime changes.
+    pub settings: SettingsSources,
+}
+
+/// Why the node could not start or a request to it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory is unusable.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The key file is unusable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Settings were invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The peer-link socket could not be bound.
+    #[error("cannot bind the peer-link address {addr} (--listen): {reason}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What went wrong, with a hint.
+        reason: String,
+    },
+}
+
+/// Public facts about a node, as served by `GET node/info`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeInfo {
+    /// The node id: the Ed25519 public key as 64 hex characters.
+    pub node_id: String,
+    /// The Ed25519 public key, hex (equal to the node id).
+    pub public_key: String,
+    /// Services this node offers to the mesh (relay, storage, browser gateway, compute).
+    /// Empty until those subsystems exist: a node never advertises what it cannot do.
+    pub capabilities: Vec<String>,
+    /// The software version.
+    pub version: String,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+    /// Addresses of the node's peer-link socket.
+    pub listen_addrs: Vec<String>,
+}
+
+/// Counts describing the node, as served by `GET stats`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeStats {
+    /// The node id.
+    pub node_id: String,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+    /// Nodes known in `meshcore_nodes`.
+    pub known_nodes: i64,
+    /// Connections recorded in `meshcore_connections`.
+    pub connections: i64,
+    /// Routes recorded in `meshcore_routes`.
+    pub routes: i64,
+    /// DHT records held in `meshcore_dht`.
+    pub dht_records: i64,
+}
+
+/// A handle to the running node. Clones share the node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    keys: NodeKeypair,
+    data_dir: PathBuf,
+    store: Store,
+    /// Held while a settings change is written, so changes apply one at a time.
+    layered: Mutex<LayeredSettings>,
+    /// The settings in force; readers never wait on the store.
+    effective: watch::Sender<Settings>,
+    started: Instant,
+    listen_addrs: Vec<SocketAddr>,
+    /// Bound now so the port is ours and reported; the link layer takes it over.
+    _peer_socket: UdpSocket,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Starts a node: see the module documentation for the steps.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        data_dir::prepare(&config.data_dir)?;
+        let (keys, created) = identity_file::load_or_create(&config.data_dir.join(KEY_FILE))?;
+        if created {
+            tracing::info!(node_id = %keys.node_id(), "created a new node identity");
+        }
+        let store = Store::open(&config.data_dir.join(DATABASE_FILE)).await?;
+
+        let base = config.settings.resolve()?;
+        let stored = store.setting_overrides().await?;
+        let (layered, skipped) = LayeredSettings::new(base.clone(), stored);
+        for error in skipped {
+            tracing::warn!(field = %error.field, "ignoring a stored runtime setting that breaks its rule: {}; it is kept in the store", error.message);
+        }
+        for (name, value) in layered.runtime_changes() {
+            if SettingKey::from_name(name).map(|key| base.get(key)) != Some(value.clone()) {
+                tracing::info!(setting = %name, %value, "runtime change overrides the config file, environment and flags (`meshcore config reset {name}` drops it)");
+            }
+        }
+
+        let peer_socket = UdpSocket::bind(config.listen).map_err(|error| NodeError::Listen {
+            addr: config.listen,
+            reason: match error.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    "the address is already in use (is another meshcore node running?); choose another with --listen".to_owned()
+                }
+                _ => error.to_string(),
+            },
+        })?;
+        let listen_addrs = vec![peer_socket
+            .local_addr()
+            .map_err(|error| NodeError::Listen {
+                addr: config.listen,
+                reason: error.to_string(),
+            })?];
+
+        let (effective, _) = watch::channel(layered.effective().clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                keys,
+                data_dir: config.data_dir,
+                store,
+                layered: Mutex::new(layered),
+                effective,
+                started: Instant::now(),
+                listen_addrs,
+                _peer_socket: peer_socket,
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.keys.node_id()
+    }
+
+    /// The node's keypair, for signing.
+    pub fn keys(&self) -> &NodeKeypair {
+        &self.inner.keys
+    }
+
+    /// The data directory in use.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The addresses of the peer-link socket.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.inner.listen_addrs
+    }
+
+    /// Seconds since start.
+    pub fn uptime_s(&self) -> u64 {
+        self.inner.started.elapsed().as_secs()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        self.inner.effective.borrow().clone()
+    }
+
+    /// A receiver that sees every settings change.
+    pub fn subscribe_settings(&self) -> watch::Receiver<Settings> {
+        self.inner.effective.subscribe()
+    }
+
+    /// The runtime changes in force (those stored in the database).
+    pub async fn runtime_changes(&self) -> SettingsPatch {
+        self.inner.layered.lock().await.runtime_changes().clone()
+    }
+
+    /// Applies and stores a runtime settings change. On any error nothing changes.
+    pub async fn update_settings(
+        &self,
+        patch: &SettingsPatch,
+        origin: &str,
+    ) -> Result<Settings, NodeError> {
+        let mut layered = self.inner.layered.lock().await;
+        let (next, to_store) = layered.with_runtime_patch(patch, origin)?;
+        self.inner
+            .store
+            .save_settings(&to_store.into_iter().collect(), unix_now())
+            .await?;
+        let effective = next.effective().clone();
+        *layered = next;
+        self.inner.effective.send_replace(effective.clone());
+        tracing::info!(change = %serde_json::Value::Object(patch.clone()), origin, "settings changed");
+        Ok(effective)
+    }
+
+    /// Drops the runtime change of `key`, falling back to the lower sources.
+    pub async fn reset_setting(
+        &self,
+        key: SettingKey,
+        origin: &str,
+    ) -> Result<Settings, NodeError> {
+        let mut layered = self.inner.layered.lock().await;
+        let next = layered.without_runtime(key, origin)?;
+        self.inner.store.delete_setting(key.name()).await?;
+        let effective = next.effective().clone();
+        *layered = next;
+        self.inner.effective.send_replace(effective.clone());
+        tracing::info!(setting = %key, origin, "runtime change dropped");
+        Ok(effective)
+    }
+
+    /// Public facts about the node.
+    pub fn info(&self) -> NodeInfo {
+        let id = self.node_id().to_hex();
+        NodeInfo {
+            public_key: id.clone(),
+            node_id: id,
+            capabilities: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.uptime_s(),
+            listen_addrs: self
+                .inner
+                .listen_addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    /// Counts describing the node.
+    pub async fn stats(&self) -> Result<NodeStats, NodeError> {
+        let counts = self.inner.store.table_counts().await?;
+        Ok(NodeStats {
+            node_id: self.node_id().to_hex(),
+            uptime_s: self.uptime_s(),
+            known_nodes: counts.nodes,
+            connections: counts.connections,
+            routes: counts.routes,
+            dht_records: counts.dht_records,
+        })
+    }
+
+    /// Flushes and closes the store. Call once, after the API has stopped.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.inner.store.close().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(dir: &Path) -> NodeConfig {
+        NodeConfig {
+            data_dir: dir.to_owned(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            settings: SettingsSources::default(),
+        }
+    }
+
+    fn patch(value: serde_json::Value) -> SettingsPatch {
+        value.as_object().cloned().expect("object")
+    }
+
+    #[tokio::test]
+    async fn identity_and_runtime_settings_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = Node::start(config(dir.path())).await.expect("start");
+        let id = node.node_id();
+        node.update_settings(&patch(json!({"max_hops": 6})), "test")
+            .await
+            .expect("update");
+        node.shutdown().await.expect("shutdown");
+        drop(node);
+
+        let node = Node::start(config(dir.path())).await.expect("restart");
+        assert_eq!(node.node_id(), id);
+        assert_eq!(node.settings().max_hops, 6);
+        node.shutdown().await.expect("shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_changes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = Node::start(config(dir.path())).await.expect("start");
+        let watcher = node.subscribe_settings();
+        let before = node.settings();
+        let error = node
+            .update_settings(
+                &patch(json!({"max_hops": 5, "min_connections": 999})),
+                "test",
+            )
+            .await
+            .expect_err("invalid");
+        assert!(error.to_string().contains("min_connections"), "{error}");
+        assert_eq!(node.settings(), before);
+        assert!(!watcher.has_changed().expect("sender alive"));
+        assert!(node.runtime_changes().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reset_falls_back_to_the_lower_sources() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = config(dir.path());
+        config.settings.flags = patch(json!({"max_hops": 4}));
+        let node = Node::start(config.clone()).await.expect("start");
+        node.update_settings(&patch(json!({"max_hops": 8})), "test")
+            .await
+            .expect("update");
+        assert_eq!(node.settings().max_hops, 8);
+        node.reset_setting(SettingKey::MaxHops, "test")
+            .await
+            .expect("reset");
+        assert_eq!(node.settings().max_hops, 4);
+        node.shutdown().await.expect("shutdown");
+        let node = Node::start(config).await.expect("restart");
+        assert_eq!(node.settings().max_hops, 4);
+    }
+
+    #[tokio::test]
+    async fn a_taken_listen_port_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut config = config(dir.path());
+        config.listen = taken.local_addr().expect("addr");
+        let error = Node::start(config).await.expect_err("taken").to_string();
+        assert!(
+            error.contains("already in use") && error.contains("--listen"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn info_reports_the_identity_and_bound_address() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = Node::start(config(dir.path())).await.expect("start");
+        let info = node.info();
+        assert_eq!(info.node_id, node.node_id().to_hex());
+        assert_eq!(info.listen_addrs.len(), 1);
+        assert!(!info.listen_addrs[0].ends_with(":0"));
+        let stats = node.stats().await.expect("stats");
+        assert_eq!(stats.known_nodes, 0);
+    }
+}

@@ -1,0 +1,394 @@
+//! # meshcore-store
+//!
+//! The node's durable state in SQLite. The database runs in WAL mode, its schema is built by
+//! the versioned migrations in `migrations/` (applied on open, in order, each once), and this
+//! crate is the only place in Meshcore that contains SQL.
+//!
+//! **Architecture invariant:** the store is never awaited on a packet path. Live protocol
+//! state is held in memory by its owner; the store receives durable facts (settings, DHT
+//! records, ledger entries) in transactions and the rest in batches.
+//!
+//! Tables keep the names and columns of the Aevov Meshcore specification
+//! (`meshcore_nodes`, `meshcore_connections`, `meshcore_routes`, `meshcore_dht`,
+//! `meshcore_bandwidth_tokens`) plus `meshcore_settings` for runtime setting changes.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "meshcore.db";
+
+/// How long a statement waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections in the pool for a file database (WAL lets readers run beside one writer).
+const MAX_CONNECTIONS: u32 = 4;
+
+/// The tables every Meshcore database has, in schema order.
+pub const TABLES: [&str; 6] = [
+    "meshcore_nodes",
+    "meshcore_connections",
+    "meshcore_routes",
+    "meshcore_dht",
+    "meshcore_bandwidth_tokens",
+    "meshcore_settings",
+];
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or created.
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The underlying error.
+        source: sqlx::Error,
+    },
+    /// A migration failed; the database is left at its previous version.
+    #[error("cannot migrate the database schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A stored setting is not valid JSON (the row was written outside Meshcore).
+    #[error("stored setting {key:?} is not valid JSON: {source}")]
+    CorruptSetting {
+        /// The setting's key.
+        key: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+}
+
+/// Row counts of the mesh tables, for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    /// Rows in `meshcore_nodes`.
+    pub nodes: i64,
+    /// Rows in `meshcore_connections`.
+    pub connections: i64,
+    /// Rows in `meshcore_routes`.
+    pub routes: i64,
+    /// Rows in `meshcore_dht`.
+    pub dht_records: i64,
+}
+
+/// A handle to the node's database. Cheap to clone; all clones share one pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` in WAL mode and applies any
+    /// migrations it has not seen yet.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::migrate(pool).await
+    }
+
+    /// Opens a private in-memory database (for tests and simulations).
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        // One connection: every connection to `:memory:` would be a separate database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        Self::migrate(pool).await
+    }
+
+    async fn migrate(pool: SqlitePool) -> Result<Self, StoreError> {
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The journal mode in force (`"wal"` for a file database).
+    pub async fn journal_mode(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The newest migration applied to this database.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The column names of `table`, in order. `table` must be one of [`TABLES`].
+    pub async fn columns(&self, table: &str) -> Result<Vec<String>, StoreError> {
+        if !TABLES.contains(&table) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query("SELECT name FROM pragma_table_info(?1)")
+            .bind(table)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|row| row.get::<String, _>(0)).collect())
+    }
+
+    /// Every runtime setting change, by key, as stored JSON values.
+    pub async fn setting_overrides(
+        &self,
+    ) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+        let rows = sqlx::query("SELECT key, value FROM meshcore_settings ORDER BY key")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.get(0);
+                let text: String = row.get(1);
+                match serde_json::from_str(&text) {
+                    Ok(value) => Ok((key, value)),
+                    Err(source) => Err(StoreError::CorruptSetting { key, source }),
+                }
+            })
+            .collect()
+    }
+
+    /// Saves runtime setting changes, all or none, in one transaction.
+    pub async fn save_settings(
+        &self,
+        changes: &BTreeMap<String, serde_json::Value>,
+        now_unix: i64,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for (key, value) in changes {
+            sqlx::query(
+                "INSERT INTO meshcore_settings (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(key)
+            .bind(value.to_string())
+            .bind(now_unix)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets the runtime change of `key`; returns whether there was one.
+    pub async fn delete_setting(&self, key: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM meshcore_settings WHERE key = ?1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Row counts of the mesh tables.
+    pub async fn table_counts(&self) -> Result<TableCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM meshcore_nodes),
+                    (SELECT COUNT(*) FROM meshcore_connections),
+                    (SELECT COUNT(*) FROM meshcore_routes),
+                    (SELECT COUNT(*) FROM meshcore_dht)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(TableCounts {
+            nodes: row.get(0),
+            connections: row.get(1),
+            routes: row.get(2),
+            dht_records: row.get(3),
+        })
+    }
+
+    /// Flushes the write-ahead log into the database file and closes every connection.
+    /// Call once on shutdown; afterwards every clone of this store fails its queries.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let checkpoint = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
+        self.pool.close().await;
+        checkpoint?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_file_database_runs_in_wal_mode_with_the_current_schema() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join(DATABASE_FILE))
+            .await
+            .expect("open");
+        assert_eq!(store.journal_mode().await.expect("pragma"), "wal");
+        assert_eq!(store.schema_version().await.expect("version"), 1);
+        store.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn every_table_has_the_specification_columns() {
+        let store = Store::open_in_memory().await.expect("open");
+        let expected: [(&str, &[&str]); 5] = [
+            (
+                "meshcore_nodes",
+                &[
+                    "id",
+                    "node_id",
+                    "peer_id",
+                    "public_key",
+                    "capabilities",
+                    "network_info",
+                    "last_seen",
+                    "status",
+                    "reputation_score",
+                ],
+            ),
+            (
+                "meshcore_connections",
+                &[
+                    "id",
+                    "connection_id",
+                    "local_node_id",
+                    "remote_node_id",
+                    "connection_type",
+                    "status",
+                    "quality_score",
+                    "bandwidth_up",
+                    "bandwidth_down",
+                    "latency",
+                    "packet_loss",
+                    "bytes_sent",
+                    "bytes_received",
+                ],
+            ),
+            (
+                "meshcore_routes",
+                &[
+                    "id",
+                    "destination_id",
+                    "next_hop_id",
+                    "hop_count",
+                    "path_quality",
+                    "path_cost",
+                    "path_nodes",
+                    "expires_at",
+                ],
+            ),
+            (
+                "meshcore_dht",
+                &[
+                    "id",
+                    "key_hash",
+                    "value_data",
+                    "node_id",
+                    "ttl",
+                    "expires_at",
+                ],
+            ),
+            (
+                "meshcore_bandwidth_tokens",
+                &[
+                    "id",
+                    "node_id",
+                    "tokens_earned",
+                    "tokens_spent",
+                    "bytes_relayed",
+                    "bytes_consumed",
+                    "reputation_modifier",
+                ],
+            ),
+        ];
+        for (table, columns) in expected {
+            let actual = store.columns(table).await.expect("columns");
+            for column in columns {
+                assert!(actual.iter().any(|c| c == column), "{table} lacks {column}");
+            }
+        }
+        assert_eq!(
+            store.columns("meshcore_settings").await.expect("columns"),
+            ["key", "value", "updated_at"]
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_applies_no_migration_twice_and_keeps_data() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(DATABASE_FILE);
+        let store = Store::open(&path).await.expect("open");
+        let changes = BTreeMap::from([("max_hops".to_owned(), json!(7))]);
+        store.save_settings(&changes, 1).await.expect("save");
+        store.close().await.expect("close");
+
+        let store = Store::open(&path).await.expect("reopen");
+        assert_eq!(store.schema_version().await.expect("version"), 1);
+        assert_eq!(store.setting_overrides().await.expect("load"), changes);
+    }
+
+    #[tokio::test]
+    async fn settings_are_upserted_and_deleted() {
+        let store = Store::open_in_memory().await.expect("open");
+        store
+            .save_settings(&BTreeMap::from([("max_hops".to_owned(), json!(7))]), 1)
+            .await
+            .expect("save");
+        store
+            .save_settings(
+                &BTreeMap::from([
+                    ("max_hops".to_owned(), json!(9)),
+                    ("stun_servers".to_owned(), json!(["stun:example.org:3478"])),
+                ]),
+                2,
+            )
+            .await
+            .expect("save");
+        let overrides = store.setting_overrides().await.expect("load");
+        assert_eq!(overrides["max_hops"], json!(9));
+        assert_eq!(overrides["stun_servers"], json!(["stun:example.org:3478"]));
+        assert!(store.delete_setting("max_hops").await.expect("delete"));
+        assert!(!store.delete_setting("max_hops").await.expect("delete"));
+        assert_eq!(store.setting_overrides().await.expect("load").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_setting_row_is_reported_by_key() {
+        let store = Store::open_in_memory().await.expect("open");
+        sqlx::query("INSERT INTO meshcore_settings VALUES ('max_hops', 'not json', 0)")
+            .execute(&store.pool)
+            .await
+            .expect("insert");
+        let error = store.setting_overrides().await.expect_err("corrupt row");
+        assert!(error.to_string().contains("max_hops"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn counts_start_at_zero() {
+        let store = Store::open_in_memory().await.expect("open");
+        assert_eq!(
+            store.table_counts().await.expect("counts"),
+            TableCounts::default()
+        );
+    }
+}
