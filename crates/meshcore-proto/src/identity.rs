@@ -258,7 +258,11 @@ mod tests {
         let keys = keypair(1);
         let signature = keys.sign(SignatureDomain::Message, b"hello mesh");
         keys.node_id()
-            .verify(SignatureDomain::Message, b"hello mesh", &signature.to_bytes())
+            .verify(
+                SignatureDomain::Message,
+                b"hello mesh",
+                &signature.to_bytes(),
+            )
             .expect("own signature verifies");
     }
 
@@ -321,8 +325,11 @@ mod tests {
         let keys = keypair(7);
         let signature = keys.sign(SignatureDomain::RouteAdvertisement, b"payload");
         assert_eq!(
-            keys.node_id()
-                .verify(SignatureDomain::DhtRecord, b"payload", &signature.to_bytes()),
+            keys.node_id().verify(
+                SignatureDomain::DhtRecord,
+                b"payload",
+                &signature.to_bytes()
+            ),
             Err(SignatureError::BadSignature)
         );
     }
