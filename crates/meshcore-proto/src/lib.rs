@@ -9,8 +9,12 @@
 //!
 //! Modules:
 //! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
+//! - [`link`]: the link protocol messages and link quality.
+//! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod identity;
+pub mod link;
+pub mod peers;
 
 pub use identity::{NodeId, NodeKeypair, NodeSignature, SignatureDomain, SignatureError};
