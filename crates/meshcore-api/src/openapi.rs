@@ -18,6 +18,8 @@ use utoipa::OpenApi;
         crate::routes::get_settings,
         crate::routes::put_settings,
         crate::routes::reset_setting,
+        crate::routes::connect,
+        crate::routes::connections,
         crate::routes::openapi,
     ),
     components(schemas(
@@ -27,6 +29,10 @@ use utoipa::OpenApi;
         meshcore_node::settings::TurnServer,
         meshcore_node::FieldError,
         crate::ErrorBody,
+        meshcore_net::ConnectionInfo,
+        crate::routes::ConnectRequest,
+        crate::routes::PeerInfo,
+        crate::routes::ConnectResponse,
     ))
 )]
 struct ApiDoc;

@@ -7,10 +7,13 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, Method, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use meshcore_net::{ConnectError, ConnectionInfo};
 use meshcore_node::settings::SettingsPatch;
 use meshcore_node::{Node, NodeInfo, NodeStats, SettingKey, Settings};
+use meshcore_proto::NodeId;
+use serde::Deserialize;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
@@ -33,6 +36,8 @@ pub(crate) fn router(node: Node) -> Router {
         .route("/stats", get(stats))
         .route("/settings", get(get_settings).put(put_settings))
         .route("/settings/{key}", delete(reset_setting))
+        .route("/connect", post(connect))
+        .route("/connections", get(connections))
         .route("/openapi.json", get(openapi))
         .with_state(node.clone());
 
@@ -169,6 +174,111 @@ pub(crate) async fn reset_setting(
     let key = SettingKey::from_name(&key)
         .ok_or_else(|| ApiError::not_found(format!("no setting named {key:?}")))?;
     Ok(Json(node.reset_setting(key, "the API").await?))
+}
+
+/// How long `POST /connect` waits for the link.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Body of `POST /connect`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConnectRequest {
+    /// The node to link to (64 hex characters).
+    peer_id: String,
+    /// How to reach it. Optional when the node already knows its addresses.
+    #[serde(default)]
+    peer_info: PeerInfo,
+}
+
+/// Where a peer can be reached.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeerInfo {
+    /// Addresses as `HOST:PORT` (IP literals).
+    #[serde(default)]
+    addrs: Vec<String>,
+}
+
+/// Answer of `POST /connect`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ConnectResponse {
+    /// Always true: failures are errors.
+    connected: bool,
+    /// The link.
+    connection: ConnectionInfo,
+}
+
+/// Links to a peer (the specification's connect call) and waits until the link is up.
+#[utoipa::path(post, path = "/v1/connect", tag = "links",
+    request_body = ConnectRequest,
+    responses(
+        (status = 200, description = "Linked (or already linked)", body = ConnectResponse),
+        (status = 400, description = "Bad peer id or address, or this node itself", body = crate::ErrorBody),
+        (status = 403, description = "The peer is blacklisted", body = crate::ErrorBody),
+        (status = 502, description = "The dial or handshake failed", body = crate::ErrorBody),
+        (status = 503, description = "At max_connections, or shutting down", body = crate::ErrorBody),
+        (status = 504, description = "No link in time", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn connect(
+    State(node): State<Node>,
+    ApiJson(request): ApiJson<ConnectRequest>,
+) -> Result<Json<ConnectResponse>, ApiError> {
+    let peer: NodeId = request.peer_id.parse().map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_peer_id",
+            format!("peer_id: {error}"),
+        )
+    })?;
+    if request.peer_info.addrs.len() > meshcore_proto::link::MAX_ADDRS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_address",
+            format!(
+                "peer_info.addrs: at most {} addresses",
+                meshcore_proto::link::MAX_ADDRS
+            ),
+        ));
+    }
+    let mut addrs = Vec::new();
+    for text in &request.peer_info.addrs {
+        let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_address",
+                format!("peer_info.addrs: {text:?} is not IP:PORT"),
+            )
+        })?;
+        addrs.push(addr);
+    }
+    let connection = node
+        .network()
+        .connect(peer, addrs, CONNECT_TIMEOUT)
+        .await
+        .map_err(|error| {
+            let (status, code) = match &error {
+                ConnectError::SelfLink | ConnectError::NoAddress => {
+                    (StatusCode::BAD_REQUEST, "invalid_peer")
+                }
+                ConnectError::Blacklisted => (StatusCode::FORBIDDEN, "blacklisted"),
+                ConnectError::Full => (StatusCode::SERVICE_UNAVAILABLE, "full"),
+                ConnectError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                ConnectError::DialFailed(_) => (StatusCode::BAD_GATEWAY, "dial_failed"),
+                ConnectError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            };
+            ApiError::new(status, code, error.to_string())
+        })?;
+    Ok(Json(ConnectResponse {
+        connected: true,
+        connection,
+    }))
+}
+
+/// The live links, with the specification's columns.
+#[utoipa::path(get, path = "/v1/connections", tag = "links",
+    responses((status = 200, description = "Every live link", body = Vec<ConnectionInfo>)))]
+pub(crate) async fn connections(State(node): State<Node>) -> Json<Vec<ConnectionInfo>> {
+    Json(node.network().connections().await)
 }
 
 /// This document.

@@ -3,17 +3,20 @@
 //!
 //! [`Node::start`] does the start-up work in a fixed order, each step failing with a message
 //! that names what is wrong: prepare the data directory, load or create the key file, open
-//! and migrate the store, resolve settings (sources, then stored runtime changes), bind the
-//! peer-link UDP socket. [`Node::shutdown`] flushes the store.
+//! and migrate the store, resolve settings (sources, then stored runtime changes), start the
+//! network (the iroh endpoint at `--listen`, discovery, the peer manager).
+//! [`Node::shutdown`] closes the links and flushes the store.
 //!
 //! Settings readers use [`Node::settings`] (or [`Node::subscribe_settings`]), which never
 //! waits on the store; only changes write to it, one at a time.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use meshcore_net::{Network, NetworkConfig};
+use meshcore_proto::link::Capabilities;
 use meshcore_proto::{NodeId, NodeKeypair};
 use meshcore_store::{Store, StoreError, DATABASE_FILE};
 use serde::Serialize;
@@ -51,14 +54,9 @@ pub enum NodeError {
     /// Settings were invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    /// The peer-link socket could not be bound.
-    #[error("cannot bind the peer-link address {addr} (--listen): {reason}")]
-    Listen {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// What went wrong, with a hint.
-        reason: String,
-    },
+    /// The network could not start (for example, the `--listen` port is taken).
+    #[error(transparent)]
+    Network(#[from] meshcore_net::network::NetworkError),
 }
 
 /// Public facts about a node, as served by `GET node/info`.
@@ -88,8 +86,8 @@ pub struct NodeStats {
     pub uptime_s: u64,
     /// Nodes known in `meshcore_nodes`.
     pub known_nodes: i64,
-    /// Connections recorded in `meshcore_connections`.
-    pub connections: i64,
+    /// Live links to other nodes.
+    pub connections: usize,
     /// Routes recorded in `meshcore_routes`.
     pub routes: i64,
     /// DHT records held in `meshcore_dht`.
@@ -112,9 +110,7 @@ struct Inner {
     /// The settings in force; readers never wait on the store.
     effective: watch::Sender<Settings>,
     started: Instant,
-    listen_addrs: Vec<SocketAddr>,
-    /// Bound now so the port is ours and reported; the link layer takes it over.
-    _peer_socket: UdpSocket,
+    network: Network,
 }
 
 fn unix_now() -> i64 {
@@ -146,24 +142,33 @@ impl Node {
             }
         }
 
-        let peer_socket = UdpSocket::bind(config.listen).map_err(|error| NodeError::Listen {
-            addr: config.listen,
-            reason: match error.kind() {
-                std::io::ErrorKind::AddrInUse => {
-                    "the address is already in use (is another meshcore node running?); choose another with --listen".to_owned()
-                }
-                _ => error.to_string(),
+        let settings = layered.effective().clone();
+        let network = Network::start(
+            &keys,
+            NetworkConfig {
+                listen: config.listen,
+                bootstrap: settings.bootstrap_urls.clone(),
+                lan: settings.lan_discovery,
+                pex: settings.pex_enabled,
+                min_links: settings.min_connections as usize,
+                max_links: settings.max_connections as usize,
+                relay_urls: settings.relay_urls.clone(),
+                capabilities: Capabilities::empty(),
+                rng_seed: rand::random(),
             },
-        })?;
-        let listen_addrs = vec![peer_socket
-            .local_addr()
-            .map_err(|error| NodeError::Listen {
-                addr: config.listen,
-                reason: error.to_string(),
-            })?];
+            store.clone(),
+        )
+        .await;
+        let network = match network {
+            Ok(network) => network,
+            Err(error) => {
+                let _ = store.close().await;
+                return Err(error.into());
+            }
+        };
 
-        let (effective, _) = watch::channel(layered.effective().clone());
-        Ok(Self {
+        let (effective, _) = watch::channel(settings);
+        let node = Self {
             inner: Arc::new(Inner {
                 keys,
                 data_dir: config.data_dir,
@@ -171,10 +176,53 @@ impl Node {
                 layered: Mutex::new(layered),
                 effective,
                 started: Instant::now(),
-                listen_addrs,
-                _peer_socket: peer_socket,
+                network,
             }),
-        })
+        };
+        node.apply_settings_changes();
+        Ok(node)
+    }
+
+    /// Applies settings changes to the running network: connection limits at once, new
+    /// bootstrap entries by dialling them.
+    fn apply_settings_changes(&self) {
+        let mut changes = self.subscribe_settings();
+        let network = self.inner.network.clone();
+        let mut previous = changes.borrow().clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let current = changes.borrow_and_update().clone();
+                if (current.min_connections, current.max_connections)
+                    != (previous.min_connections, previous.max_connections)
+                {
+                    network.set_limits(
+                        current.min_connections as usize,
+                        current.max_connections as usize,
+                    );
+                }
+                for entry in current
+                    .bootstrap_urls
+                    .iter()
+                    .filter(|e| !previous.bootstrap_urls.contains(e))
+                {
+                    network.add_bootstrap(entry);
+                }
+                if (
+                    current.lan_discovery,
+                    current.pex_enabled,
+                    &current.relay_urls,
+                ) != (
+                    previous.lan_discovery,
+                    previous.pex_enabled,
+                    &previous.relay_urls,
+                ) {
+                    tracing::info!(
+                        "lan_discovery, pex_enabled and relay_urls changes apply at the next start"
+                    );
+                }
+                previous = current;
+            }
+        });
     }
 
     /// This node's id.
@@ -193,8 +241,13 @@ impl Node {
     }
 
     /// The addresses of the peer-link socket.
-    pub fn listen_addrs(&self) -> &[SocketAddr] {
-        &self.inner.listen_addrs
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.network.listen_addrs()
+    }
+
+    /// The network: links, discovery, peer manager.
+    pub fn network(&self) -> &Network {
+        &self.inner.network
     }
 
     /// Seconds since start.
@@ -262,8 +315,7 @@ impl Node {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: self.uptime_s(),
             listen_addrs: self
-                .inner
-                .listen_addrs
+                .listen_addrs()
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
@@ -277,14 +329,16 @@ impl Node {
             node_id: self.node_id().to_hex(),
             uptime_s: self.uptime_s(),
             known_nodes: counts.nodes,
-            connections: counts.connections,
+            connections: self.inner.network.connections().await.len(),
             routes: counts.routes,
             dht_records: counts.dht_records,
         })
     }
 
-    /// Flushes and closes the store. Call once, after the API has stopped.
+    /// Closes every link, then flushes and closes the store. Call once, after the API has
+    /// stopped.
     pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.inner.network.shutdown().await;
         self.inner.store.close().await?;
         Ok(())
     }
@@ -299,7 +353,11 @@ mod tests {
         NodeConfig {
             data_dir: dir.to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
-            settings: SettingsSources::default(),
+            // Unit tests never send mDNS multicast out of this machine.
+            settings: SettingsSources {
+                flags: patch(json!({"lan_discovery": false})),
+                ..Default::default()
+            },
         }
     }
 
@@ -347,7 +405,10 @@ mod tests {
     async fn reset_falls_back_to_the_lower_sources() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = config(dir.path());
-        config.settings.flags = patch(json!({"max_hops": 4}));
+        config
+            .settings
+            .flags
+            .insert("max_hops".to_owned(), json!(4));
         let node = Node::start(config.clone()).await.expect("start");
         node.update_settings(&patch(json!({"max_hops": 8})), "test")
             .await
@@ -365,7 +426,7 @@ mod tests {
     #[tokio::test]
     async fn a_taken_listen_port_is_named() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let mut config = config(dir.path());
         config.listen = taken.local_addr().expect("addr");
         let error = Node::start(config).await.expect_err("taken").to_string();
@@ -381,7 +442,7 @@ mod tests {
         let node = Node::start(config(dir.path())).await.expect("start");
         let info = node.info();
         assert_eq!(info.node_id, node.node_id().to_hex());
-        assert_eq!(info.listen_addrs.len(), 1);
+        assert_eq!(info.listen_addrs.len(), 1, "{:?}", info.listen_addrs);
         assert!(!info.listen_addrs[0].ends_with(":0"));
         let stats = node.stats().await.expect("stats");
         assert_eq!(stats.known_nodes, 0);

@@ -55,11 +55,17 @@ pub enum SettingKey {
     AnnounceInterval,
     /// `cors_origins`
     CorsOrigins,
+    /// `lan_discovery`
+    LanDiscovery,
+    /// `pex_enabled`
+    PexEnabled,
+    /// `relay_urls`
+    RelayUrls,
 }
 
 impl SettingKey {
     /// Every setting, in documentation order.
-    pub const ALL: [SettingKey; 12] = [
+    pub const ALL: [SettingKey; 15] = [
         Self::RelayBandwidth,
         Self::MaxConnections,
         Self::MinConnections,
@@ -72,6 +78,9 @@ impl SettingKey {
         Self::BootstrapUrls,
         Self::AnnounceInterval,
         Self::CorsOrigins,
+        Self::LanDiscovery,
+        Self::PexEnabled,
+        Self::RelayUrls,
     ];
 
     /// The setting's name, as used in the API, the config file and the CLI.
@@ -89,6 +98,9 @@ impl SettingKey {
             Self::BootstrapUrls => "bootstrap_urls",
             Self::AnnounceInterval => "announce_interval",
             Self::CorsOrigins => "cors_origins",
+            Self::LanDiscovery => "lan_discovery",
+            Self::PexEnabled => "pex_enabled",
+            Self::RelayUrls => "relay_urls",
         }
     }
 
@@ -107,6 +119,9 @@ impl SettingKey {
             Self::BootstrapUrls => "nodes to join the mesh through, as NODE_ID@HOST:PORT; default none",
             Self::AnnounceInterval => "seconds between announcements of this node to the mesh; 10 to 86400; default 300",
             Self::CorsOrigins => "web origins allowed to call the API from a browser, as http(s)://HOST[:PORT] or \"*\"; default none (same origin only)",
+            Self::LanDiscovery => "find nodes on the local network by mDNS; true or false; default true (--no-lan turns it off); applies at the next start",
+            Self::PexEnabled => "exchange samples of known nodes with linked peers; true or false; default true; applies at the next start",
+            Self::RelayUrls => "self-hosted iroh relay servers, as https:// URLs; default none (relays off); applies at the next start",
         }
     }
 
@@ -123,7 +138,11 @@ impl SettingKey {
     fn is_list(self) -> bool {
         matches!(
             self,
-            Self::StunServers | Self::BootstrapUrls | Self::CorsOrigins | Self::TurnServers
+            Self::StunServers
+                | Self::BootstrapUrls
+                | Self::CorsOrigins
+                | Self::TurnServers
+                | Self::RelayUrls
         )
     }
 
@@ -220,6 +239,12 @@ pub struct Settings {
     pub announce_interval: u64,
     /// Origins allowed to call the API cross-origin; default none.
     pub cors_origins: Vec<String>,
+    /// Whether LAN (mDNS) discovery runs; default true.
+    pub lan_discovery: bool,
+    /// Whether peer exchange runs; default true.
+    pub pex_enabled: bool,
+    /// Self-hosted relay URLs; default none.
+    pub relay_urls: Vec<String>,
 }
 
 impl Default for Settings {
@@ -237,6 +262,9 @@ impl Default for Settings {
             bootstrap_urls: Vec::new(),
             announce_interval: 300,
             cors_origins: Vec::new(),
+            lan_discovery: true,
+            pex_enabled: true,
+            relay_urls: Vec::new(),
         }
     }
 }
@@ -443,6 +471,14 @@ fn check_bootstrap(text: &str) -> Result<(), String> {
     check_host_port(address, None)
 }
 
+fn check_relay_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("a relay URL is https://HOST[:PORT] (or http:// for testing)".to_owned());
+    }
+    Ok(())
+}
+
 fn check_origin(text: &str) -> Result<(), String> {
     if text == "*" {
         return Ok(());
@@ -570,6 +606,13 @@ impl Settings {
             SettingKey::CorsOrigins => {
                 self.cors_origins = text_list(key, value, "origins", check_origin)?;
             }
+            SettingKey::RelayUrls => {
+                self.relay_urls = text_list(key, value, "relay URLs", check_relay_url)?;
+            }
+            SettingKey::LanDiscovery => {
+                self.lan_discovery = expect_value(key, value, "true or false")?
+            }
+            SettingKey::PexEnabled => self.pex_enabled = expect_value(key, value, "true or false")?,
             SettingKey::TurnServers => {
                 let servers: Vec<TurnServer> = expect_value(
                     key,
@@ -962,6 +1005,19 @@ mod tests {
         );
         assert_eq!(SettingKey::StunServers.value_from_text(""), json!([]));
         assert_eq!(SettingKey::MaxHops.value_from_text("many"), json!("many"));
+        assert_eq!(
+            SettingKey::LanDiscovery.value_from_text("false"),
+            json!(false)
+        );
+        assert!(Settings::default()
+            .with_patch(&patch(json!({"lan_discovery": "no"})), "test")
+            .is_err());
+        assert!(Settings::default()
+            .with_patch(
+                &patch(json!({"relay_urls": ["ftp://relay.example.org"]})),
+                "test"
+            )
+            .is_err());
     }
 
     #[test]
@@ -1071,7 +1127,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_values_for_every_key_never_panic(index in 0usize..12, text in "\\PC{0,100}") {
+        fn arbitrary_values_for_every_key_never_panic(index in 0usize..SettingKey::ALL.len(), text in "\\PC{0,100}") {
             let key = SettingKey::ALL[index];
             let value = key.value_from_text(&text);
             let _ = Settings::default().with_patch(&SettingsPatch::from_iter([(key.name().to_owned(), value)]), "fuzz");

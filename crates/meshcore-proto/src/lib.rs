@@ -8,6 +8,7 @@
 //! This is what lets the daemon and the deterministic simulator run the same code.
 //!
 //! Modules:
+//! - [`dht`]: the Kademlia DHT (routing table, lookups, records, the `DhtNode` state machine).
 //! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
 //! - [`link`]: the link protocol messages and link quality.
 //! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).

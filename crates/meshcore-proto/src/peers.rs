@@ -18,6 +18,8 @@
 //! - Keep at least `min_links`: when below, dial the best candidates — known, not linked,
 //!   not blacklisted, not backing off — preferring good reputation, few failures and an
 //!   address prefix (IPv4 /24, IPv6 /48) no current link shares.
+//! - One link per peer: links that come up within `duplicate_window` of each other keep the
+//!   one dialled by the smaller node id (both sides agree); a later link replaces the older.
 //! - Keep at most `max_links`: an inbound link beyond it replaces the worst-quality link
 //!   older than `min_link_age`; if there is none, it is refused.
 //! - Failed dials back off exponentially (`backoff_initial` doubling to `backoff_max`, with
@@ -69,6 +71,10 @@ pub struct PeerManagerConfig {
     pub blacklist_max: Duration,
     /// Youngest link that may be replaced by a newcomer (default 10 s).
     pub min_link_age: Duration,
+    /// Two links to one peer that came up within this time are a simultaneous dial and are
+    /// resolved by node id; a link that comes up later replaces the older one, whose peer
+    /// has evidently restarted or lost it (default 5 s).
+    pub duplicate_window: Duration,
     /// Seed of the RNG used for jitter and sampling.
     pub rng_seed: u64,
 }
@@ -90,6 +96,7 @@ impl PeerManagerConfig {
             blacklist_initial: Duration::from_secs(60),
             blacklist_max: Duration::from_secs(3600),
             min_link_age: Duration::from_secs(10),
+            duplicate_window: Duration::from_secs(5),
             rng_seed,
         }
     }
@@ -194,6 +201,8 @@ pub enum CloseReason {
     Duplicate,
     /// A node cannot link to itself.
     SelfLink,
+    /// This node is shutting down.
+    Shutdown,
 }
 
 impl std::fmt::Display for CloseReason {
@@ -205,6 +214,7 @@ impl std::fmt::Display for CloseReason {
             Self::Blacklisted => f.write_str("blacklisted"),
             Self::Duplicate => f.write_str("duplicate link"),
             Self::SelfLink => f.write_str("link to self"),
+            Self::Shutdown => f.write_str("node shutting down"),
         }
     }
 }
@@ -417,6 +427,7 @@ impl PeerManager {
         }
         if let Some(existing) = self.links.get(&peer) {
             // Simultaneous dials: both sides keep the link dialled by the smaller node id.
+            // Otherwise the newer link wins: the peer redialled because it lost the old one.
             let dialer = |d: Direction| {
                 if d == Direction::Outbound {
                     self.local
@@ -424,7 +435,9 @@ impl PeerManager {
                     peer
                 }
             };
-            if dialer(direction) < dialer(existing.direction) {
+            let simultaneous =
+                now.saturating_duration_since(existing.since) < self.config.duplicate_window;
+            if !simultaneous || dialer(direction) < dialer(existing.direction) {
                 let old = existing.id;
                 self.actions.push_back(PeerAction::Close {
                     peer,

@@ -80,6 +80,23 @@ pub struct TableCounts {
     pub dht_records: i64,
 }
 
+/// A row of `meshcore_nodes`: a node this node knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    /// The node id (64 hex characters).
+    pub node_id: String,
+    /// Its capability names.
+    pub capabilities: Vec<String>,
+    /// Addresses where it accepts links (`HOST:PORT`), kept in `network_info`.
+    pub addrs: Vec<String>,
+    /// Unix seconds when it was last linked or heard of.
+    pub last_seen: i64,
+    /// `connected`, `disconnected`, `known` or `blacklisted`.
+    pub status: String,
+    /// Local reputation (0.0 to 2.0).
+    pub reputation_score: f64,
+}
+
 /// A handle to the node's database. Cheap to clone; all clones share one pool.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -200,6 +217,74 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected() > 0)
+    }
+
+    /// Inserts or updates known nodes, all in one transaction.
+    pub async fn upsert_nodes(&self, nodes: &[NodeRecord]) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for node in nodes {
+            let capabilities = serde_json::Value::from(node.capabilities.clone()).to_string();
+            let network_info = serde_json::json!({ "addrs": node.addrs }).to_string();
+            sqlx::query(
+                "INSERT INTO meshcore_nodes
+                     (node_id, public_key, capabilities, network_info, last_seen, status, reputation_score)
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (node_id) DO UPDATE SET
+                     capabilities = excluded.capabilities,
+                     network_info = excluded.network_info,
+                     last_seen = MAX(last_seen, excluded.last_seen),
+                     status = excluded.status,
+                     reputation_score = excluded.reputation_score",
+            )
+            .bind(&node.node_id)
+            .bind(capabilities)
+            .bind(network_info)
+            .bind(node.last_seen)
+            .bind(&node.status)
+            .bind(node.reputation_score.max(0.0))
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// The `limit` most recently seen known nodes. Rows whose JSON columns do not parse are
+    /// returned with empty lists rather than failing the whole load.
+    pub async fn load_nodes(&self, limit: i64) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT node_id, capabilities, network_info, last_seen, status, reputation_score
+             FROM meshcore_nodes ORDER BY last_seen DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let capabilities: Vec<String> =
+                    serde_json::from_str(&row.get::<String, _>(1)).unwrap_or_default();
+                let network_info: serde_json::Value =
+                    serde_json::from_str(&row.get::<String, _>(2)).unwrap_or_default();
+                let addrs = network_info["addrs"]
+                    .as_array()
+                    .map(|addrs| {
+                        addrs
+                            .iter()
+                            .filter_map(|a| a.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                NodeRecord {
+                    node_id: row.get(0),
+                    capabilities,
+                    addrs,
+                    last_seen: row.get(3),
+                    status: row.get(4),
+                    reputation_score: row.get(5),
+                }
+            })
+            .collect())
     }
 
     /// Row counts of the mesh tables.
@@ -381,6 +466,30 @@ mod tests {
             .expect("insert");
         let error = store.setting_overrides().await.expect_err("corrupt row");
         assert!(error.to_string().contains("max_hops"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn known_nodes_are_upserted_and_loaded_newest_first() {
+        let store = Store::open_in_memory().await.expect("open");
+        let node = |id: &str, seen: i64| NodeRecord {
+            node_id: id.to_owned(),
+            capabilities: vec!["relay".to_owned()],
+            addrs: vec!["127.0.0.1:7000".to_owned()],
+            last_seen: seen,
+            status: "known".to_owned(),
+            reputation_score: 1.0,
+        };
+        store
+            .upsert_nodes(&[node("a", 10), node("b", 20)])
+            .await
+            .expect("insert");
+        let mut newer = node("a", 30);
+        newer.status = "connected".to_owned();
+        store.upsert_nodes(&[newer.clone()]).await.expect("update");
+        let loaded = store.load_nodes(10).await.expect("load");
+        assert_eq!(loaded, vec![newer, node("b", 20)]);
+        assert_eq!(store.load_nodes(1).await.expect("load").len(), 1);
+        assert_eq!(store.table_counts().await.expect("counts").nodes, 2);
     }
 
     #[tokio::test]

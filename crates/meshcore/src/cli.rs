@@ -2,6 +2,7 @@
 
 mod config;
 mod id;
+mod peers;
 mod run;
 
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ pub enum Command {
     Id(id::IdArgs),
     /// Read or change the settings of a running node.
     Config(config::ConfigArgs),
+    /// List the links of a running node.
+    Peers(peers::PeersArgs),
+    /// Link a running node to another node.
+    Connect(peers::ConnectArgs),
 }
 
 /// The data directory flag, shared by the commands that read local files.
@@ -68,6 +73,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Id(args) => id::run(args),
         Command::Config(args) => config::run(args),
+        Command::Peers(args) => peers::list(args),
+        Command::Connect(args) => peers::connect(args),
     }
 }
 

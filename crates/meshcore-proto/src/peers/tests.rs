@@ -221,6 +221,36 @@ fn simultaneous_dials_keep_the_same_link_on_both_sides() {
 }
 
 #[test]
+fn a_redialling_peer_replaces_its_stale_link() {
+    let (mut m, now) = manager(1, 10);
+    m.link_up(
+        now,
+        id(1),
+        LinkId(1),
+        Direction::Inbound,
+        Capabilities::empty(),
+        &[],
+    )
+    .expect("up");
+    let later = now + Duration::from_secs(30);
+    m.link_up(
+        later,
+        id(1),
+        LinkId(2),
+        Direction::Inbound,
+        Capabilities::empty(),
+        &[],
+    )
+    .expect("newer wins");
+    assert_eq!(m.links()[&id(1)].id, LinkId(2));
+    assert!(drain(&mut m).contains(&PeerAction::Close {
+        peer: id(1),
+        link: LinkId(1),
+        reason: CloseReason::Duplicate
+    }));
+}
+
+#[test]
 fn pex_answers_are_rate_limited_and_exclude_the_requester() {
     let (mut m, now) = manager(1, 10);
     for i in 1..=5 {

@@ -47,6 +47,14 @@ pub struct RunArgs {
     /// comma-separated or JSON).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     settings: Vec<String>,
+
+    /// A node to join the mesh through (repeatable); added to the bootstrap_urls setting.
+    #[arg(long, value_name = "NODE_ID@HOST:PORT")]
+    bootstrap: Vec<String>,
+
+    /// Do not discover or announce on the local network (sets lan_discovery=false).
+    #[arg(long)]
+    no_lan: bool,
 }
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -66,9 +74,30 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.resolve()?;
+    let mut flags = SettingsSources::from_flags(&args.settings)?;
+    if args.no_lan {
+        flags.insert(SettingKey::LanDiscovery.name().to_owned(), false.into());
+    }
+    if !args.bootstrap.is_empty() {
+        let mut list = match flags.remove(SettingKey::BootstrapUrls.name()) {
+            Some(serde_json::Value::Array(list)) => list,
+            Some(other) => vec![other],
+            None => Vec::new(),
+        };
+        list.extend(
+            args.bootstrap
+                .iter()
+                .cloned()
+                .map(serde_json::Value::String),
+        );
+        flags.insert(
+            SettingKey::BootstrapUrls.name().to_owned(),
+            serde_json::Value::Array(list),
+        );
+    }
     let mut sources = SettingsSources {
         env: SettingsSources::from_env(std::env::vars()),
-        flags: SettingsSources::from_flags(&args.settings)?,
+        flags,
         ..Default::default()
     };
     if let Some(path) = &args.config {

@@ -1,0 +1,30 @@
+//! # meshcore-net
+//!
+//! The node's network driver. It owns the one UDP socket of the node (an iroh QUIC
+//! endpoint bound at `--listen`), runs every link in its own task, discovers peers on the
+//! LAN, and drives the sans-IO [`PeerManager`](meshcore_proto::peers::PeerManager) from
+//! one actor task, carrying out its decisions (dial, close, ask for peers).
+//!
+//! **Architecture invariant:** policy lives in `meshcore-proto`; this crate only moves
+//! bytes, reads clocks and reports what happened. A peer that sends garbage costs a log
+//! line, a counter and a blacklist entry — never a panic, never another peer's link.
+//!
+//! **Architecture invariant:** the store is written by a batching writer task; no link or
+//! actor step waits on SQL.
+//!
+//! Modules:
+//! - [`endpoint`]: building the iroh endpoint from the node key.
+//! - [`link`]: the transport-agnostic [`Link`](link::LinkHandle) handle, link metrics, and the
+//!   QUIC link task (handshake, framing, ping, measurement).
+//! - [`network`]: the actor and its [`Network`](network::Network) handle.
+//! - [`lan`]: mDNS discovery on the local network.
+//! - [`persist`]: the batching writer of known nodes.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod endpoint;
+pub mod lan;
+pub mod link;
+pub mod network;
+pub mod persist;
+
+pub use network::{ConnectError, ConnectionInfo, Network, NetworkConfig};

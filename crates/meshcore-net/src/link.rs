@@ -1,0 +1,507 @@
+//! Links: a transport-agnostic handle, and the QUIC (iroh) link task.
+//!
+//! A link is one transport connection to one peer, carrying the link protocol's control
+//! stream. Whatever the transport (QUIC now, WebRTC for browsers), the rest of the node sees
+//! a [`LinkHandle`]: send a [`LinkMessage`], read [`LinkMetrics`], close with a reason.
+//! Messages received on any link arrive at the network actor as [`LinkEvent`]s.
+//!
+//! The QUIC handshake: the dialer opens a bidirectional stream and sends its [`Hello`]; the
+//! acceptor answers with its own. Each side checks the other's version. Frames are a 4-byte
+//! big-endian length and a postcard body of at most [`MAX_FRAME_LEN`] bytes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
+use meshcore_proto::link::{
+    self, quality_score, Hello, LinkMessage, LinkMetrics, LINK_PROTOCOL_VERSION, MAX_FRAME_LEN,
+};
+use meshcore_proto::peers::{CloseReason, Direction, LinkId};
+use meshcore_proto::NodeId;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+/// How long each side waits for the other's `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often link metrics are measured.
+pub const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Messages queued for sending on one link before senders are refused.
+pub const SEND_QUEUE: usize = 256;
+
+/// QUIC application close codes, so the peer's log can say why.
+pub mod close_code {
+    /// Normal close.
+    pub const NORMAL: u32 = 0;
+    /// The peer broke the protocol.
+    pub const PROTOCOL_VIOLATION: u32 = 1;
+    /// The peer speaks another link protocol version.
+    pub const INCOMPATIBLE_VERSION: u32 = 2;
+    /// This node is at `max_connections`.
+    pub const FULL: u32 = 3;
+    /// Another link to the same peer is kept.
+    pub const DUPLICATE: u32 = 4;
+    /// The peer is blacklisted.
+    pub const BLACKLISTED: u32 = 5;
+}
+
+fn code_for(reason: &CloseReason) -> u32 {
+    match reason {
+        CloseReason::Evicted | CloseReason::Full => close_code::FULL,
+        CloseReason::Misbehaved(_) => close_code::PROTOCOL_VIOLATION,
+        CloseReason::Blacklisted => close_code::BLACKLISTED,
+        CloseReason::Duplicate | CloseReason::SelfLink => close_code::DUPLICATE,
+        CloseReason::Shutdown => close_code::NORMAL,
+    }
+}
+
+/// The transport of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// QUIC through iroh (node to node).
+    Quic,
+}
+
+impl LinkKind {
+    /// The name used in the API's `connection_type`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+        }
+    }
+}
+
+/// A live link as the rest of the node sees it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    /// The driver's id for the link.
+    pub id: LinkId,
+    /// The peer.
+    pub peer: NodeId,
+    /// Who opened it.
+    pub direction: Direction,
+    /// Its transport.
+    pub kind: LinkKind,
+    /// The peer's `Hello`.
+    pub hello: Hello,
+    /// The peer's address as seen on this link.
+    pub remote_addr: Option<SocketAddr>,
+    /// When it came up.
+    pub since: SystemTime,
+    outbox: mpsc::Sender<LinkMessage>,
+    metrics: Arc<Mutex<LinkMetrics>>,
+    close: Arc<Mutex<Option<oneshot::Sender<CloseReason>>>>,
+}
+
+/// Why a message could not be queued on a link.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The link's queue is full (the peer reads too slowly).
+    #[error("the link's send queue is full")]
+    Full,
+    /// The link is closed.
+    #[error("the link is closed")]
+    Closed,
+}
+
+impl LinkHandle {
+    /// Queues `message` for the peer without waiting.
+    pub fn send(&self, message: LinkMessage) -> Result<(), SendError> {
+        self.outbox.try_send(message).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// The latest measurements.
+    pub fn metrics(&self) -> LinkMetrics {
+        self.metrics.lock().map(|m| *m).unwrap_or_default()
+    }
+
+    /// Closes the link, telling the peer why. Later calls do nothing.
+    pub fn close(&self, reason: CloseReason) {
+        if let Some(sender) = self.close.lock().ok().and_then(|mut slot| slot.take()) {
+            let _ = sender.send(reason);
+        }
+    }
+}
+
+/// What link tasks report to the network actor.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Both `Hello`s were exchanged; the actor must answer whether to keep the link.
+    Handshaked {
+        /// The new link.
+        link: LinkHandle,
+        /// `Ok` to keep it, `Err` to close it with that reason.
+        decision: oneshot::Sender<Result<(), CloseReason>>,
+    },
+    /// A message arrived on a kept link.
+    Message {
+        /// The link.
+        link: LinkId,
+        /// The peer.
+        peer: NodeId,
+        /// The message.
+        message: LinkMessage,
+    },
+    /// The peer broke the protocol; the link is closed.
+    Misbehaved {
+        /// The link (`None` if it failed before it was kept).
+        link: Option<LinkId>,
+        /// The peer.
+        peer: NodeId,
+        /// What it did.
+        reason: String,
+    },
+    /// A kept link closed.
+    Closed {
+        /// The link.
+        link: LinkId,
+        /// The peer.
+        peer: NodeId,
+        /// Why, as text for the log.
+        reason: String,
+    },
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(MAX_FRAME_LEN)
+        .new_codec()
+}
+
+type Reader = FramedRead<RecvStream, LengthDelimitedCodec>;
+type Writer = FramedWrite<SendStream, LengthDelimitedCodec>;
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The transport failed or the peer went away.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The peer did not answer in time.
+    #[error("no Hello within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout,
+    /// The peer sent something other than a valid `Hello`.
+    #[error("protocol violation: {0}")]
+    Violation(String),
+    /// The peer speaks another version.
+    #[error("incompatible link protocol version {0} (this node speaks {LINK_PROTOCOL_VERSION})")]
+    Version(u16),
+}
+
+async fn read_hello(reader: &mut Reader) -> Result<Hello, HandshakeError> {
+    let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next())
+        .await
+        .map_err(|_| HandshakeError::Timeout)?;
+    let bytes = match frame {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(HandshakeError::Violation(format!("bad frame: {error}")))
+        }
+        Some(Err(error)) => return Err(HandshakeError::Transport(error.to_string())),
+        None => {
+            return Err(HandshakeError::Transport(
+                "stream ended before Hello".to_owned(),
+            ))
+        }
+    };
+    match link::decode(&bytes) {
+        Ok(LinkMessage::Hello(hello)) if hello.version == LINK_PROTOCOL_VERSION => Ok(hello),
+        Ok(LinkMessage::Hello(hello)) => Err(HandshakeError::Version(hello.version)),
+        Ok(other) => Err(HandshakeError::Violation(format!(
+            "expected Hello, got {other:?}"
+        ))),
+        Err(error) => Err(HandshakeError::Violation(error.to_string())),
+    }
+}
+
+async fn write(writer: &mut Writer, message: &LinkMessage) -> Result<(), HandshakeError> {
+    writer
+        .send(Bytes::from(link::encode(message)))
+        .await
+        .map_err(|error| HandshakeError::Transport(error.to_string()))
+}
+
+fn close_for(connection: &Connection, error: &HandshakeError) {
+    let code = match error {
+        HandshakeError::Version(_) => close_code::INCOMPATIBLE_VERSION,
+        HandshakeError::Violation(_) => close_code::PROTOCOL_VIOLATION,
+        _ => close_code::NORMAL,
+    };
+    connection.close(VarInt::from_u32(code), error.to_string().as_bytes());
+}
+
+/// The dialer's side: opens the control stream, sends `hello`, reads the peer's.
+pub async fn handshake_outbound(
+    connection: &Connection,
+    hello: &Hello,
+) -> Result<(Reader, Writer, Hello), HandshakeError> {
+    let result = async {
+        let (send, recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.open_bi())
+            .await
+            .map_err(|_| HandshakeError::Timeout)?
+            .map_err(|error| HandshakeError::Transport(error.to_string()))?;
+        let mut writer = FramedWrite::new(send, codec());
+        let mut reader = FramedRead::new(recv, codec());
+        write(&mut writer, &LinkMessage::Hello(hello.clone())).await?;
+        let theirs = read_hello(&mut reader).await?;
+        Ok((reader, writer, theirs))
+    }
+    .await;
+    if let Err(error) = &result {
+        close_for(connection, error);
+    }
+    result
+}
+
+/// The acceptor's side: accepts the control stream, reads the peer's `Hello`, answers.
+pub async fn handshake_inbound(
+    connection: &Connection,
+    hello: &Hello,
+) -> Result<(Reader, Writer, Hello), HandshakeError> {
+    let result = async {
+        let (send, recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi())
+            .await
+            .map_err(|_| HandshakeError::Timeout)?
+            .map_err(|error| HandshakeError::Transport(error.to_string()))?;
+        let mut writer = FramedWrite::new(send, codec());
+        let mut reader = FramedRead::new(recv, codec());
+        let theirs = read_hello(&mut reader).await?;
+        write(&mut writer, &LinkMessage::Hello(hello.clone())).await?;
+        Ok((reader, writer, theirs))
+    }
+    .await;
+    if let Err(error) = &result {
+        close_for(connection, error);
+    }
+    result
+}
+
+/// The address the connection currently uses to reach the peer.
+pub fn remote_addr(connection: &Connection) -> Option<SocketAddr> {
+    connection
+        .paths()
+        .iter()
+        .find(|path| path.is_selected())
+        .and_then(|path| match path.remote_addr() {
+            iroh::TransportAddr::Ip(addr) => Some(*addr),
+            _ => None,
+        })
+}
+
+/// Offers a handshaked QUIC link to the actor and, if it is kept, runs it until it closes.
+pub async fn run_quic_link(
+    connection: Connection,
+    (reader, writer, hello): (Reader, Writer, Hello),
+    id: LinkId,
+    peer: NodeId,
+    direction: Direction,
+    events: mpsc::Sender<LinkEvent>,
+) {
+    let (outbox, inbox) = mpsc::channel(SEND_QUEUE);
+    let (close_tx, close_rx) = oneshot::channel();
+    let metrics = Arc::new(Mutex::new(LinkMetrics::default()));
+    let handle = LinkHandle {
+        id,
+        peer,
+        direction,
+        kind: LinkKind::Quic,
+        hello,
+        remote_addr: remote_addr(&connection),
+        since: SystemTime::now(),
+        outbox,
+        metrics: metrics.clone(),
+        close: Arc::new(Mutex::new(Some(close_tx))),
+    };
+    let (decision_tx, decision_rx) = oneshot::channel();
+    if events
+        .send(LinkEvent::Handshaked {
+            link: handle,
+            decision: decision_tx,
+        })
+        .await
+        .is_err()
+    {
+        connection.close(VarInt::from_u32(close_code::NORMAL), b"shutting down");
+        return;
+    }
+    match decision_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            connection.close(
+                VarInt::from_u32(code_for(&reason)),
+                reason.to_string().as_bytes(),
+            );
+            return;
+        }
+        Err(_) => {
+            connection.close(VarInt::from_u32(close_code::NORMAL), b"shutting down");
+            return;
+        }
+    }
+    let reason = drive(
+        &connection,
+        reader,
+        writer,
+        id,
+        peer,
+        &events,
+        inbox,
+        close_rx,
+        &metrics,
+    )
+    .await;
+    let _ = events
+        .send(LinkEvent::Closed {
+            link: id,
+            peer,
+            reason,
+        })
+        .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    connection: &Connection,
+    mut reader: Reader,
+    mut writer: Writer,
+    id: LinkId,
+    peer: NodeId,
+    events: &mpsc::Sender<LinkEvent>,
+    mut inbox: mpsc::Receiver<LinkMessage>,
+    mut close_rx: oneshot::Receiver<CloseReason>,
+    metrics: &Mutex<LinkMetrics>,
+) -> String {
+    let mut tick = tokio::time::interval(METRICS_INTERVAL);
+    let mut meter = Meter::default();
+    loop {
+        tokio::select! {
+            frame = reader.next() => {
+                let bytes = match frame {
+                    Some(Ok(bytes)) => bytes,
+                    Some(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                        return violation(connection, events, id, peer, format!("bad frame: {error}")).await;
+                    }
+                    Some(Err(error)) => return format!("transport: {error}"),
+                    None => return "the peer closed the control stream".to_owned(),
+                };
+                match link::decode(&bytes) {
+                    Ok(LinkMessage::Ping(nonce)) => {
+                        if writer.send(Bytes::from(link::encode(&LinkMessage::Pong(nonce)))).await.is_err() {
+                            return "transport: write failed".to_owned();
+                        }
+                    }
+                    Ok(LinkMessage::Pong(_)) => {}
+                    Ok(LinkMessage::Hello(_)) => {
+                        return violation(connection, events, id, peer, "a second Hello".to_owned()).await;
+                    }
+                    Ok(message) => {
+                        if events.send(LinkEvent::Message { link: id, peer, message }).await.is_err() {
+                            return "shutting down".to_owned();
+                        }
+                    }
+                    Err(error) => return violation(connection, events, id, peer, error.to_string()).await,
+                }
+            }
+            outgoing = inbox.recv() => {
+                let Some(message) = outgoing else { return "link handle dropped".to_owned() };
+                if let Err(error) = writer.send(Bytes::from(link::encode(&message))).await {
+                    return format!("transport: {error}");
+                }
+            }
+            reason = &mut close_rx => {
+                let reason = reason.map_or_else(|_| "closed".to_owned(), |r| r.to_string());
+                let code = if reason.starts_with("protocol violation") { close_code::PROTOCOL_VIOLATION } else { close_code::NORMAL };
+                connection.close(VarInt::from_u32(code), reason.as_bytes());
+                return reason;
+            }
+            _ = tick.tick() => {
+                let measured = meter.measure(connection);
+                if let Ok(mut slot) = metrics.lock() {
+                    *slot = measured;
+                }
+            }
+            error = connection.closed() => return format!("connection closed: {error}"),
+        }
+    }
+}
+
+async fn violation(
+    connection: &Connection,
+    events: &mpsc::Sender<LinkEvent>,
+    id: LinkId,
+    peer: NodeId,
+    reason: String,
+) -> String {
+    connection.close(
+        VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+        reason.as_bytes(),
+    );
+    let _ = events
+        .send(LinkEvent::Misbehaved {
+            link: Some(id),
+            peer,
+            reason: reason.clone(),
+        })
+        .await;
+    format!("protocol violation: {reason}")
+}
+
+/// Turns cumulative QUIC counters into rates and a windowed loss ratio.
+#[derive(Debug, Default)]
+struct Meter {
+    last: Option<(tokio::time::Instant, u64, u64, u64, u64)>,
+    loss: f64,
+}
+
+impl Meter {
+    fn measure(&mut self, connection: &Connection) -> LinkMetrics {
+        let stats = connection.stats();
+        let rtt = connection
+            .paths()
+            .iter()
+            .find(|path| path.is_selected())
+            .map(|path| path.rtt())
+            .unwrap_or_default();
+        let now = tokio::time::Instant::now();
+        let (sent, received, packets, lost) = (
+            stats.udp_tx.bytes,
+            stats.udp_rx.bytes,
+            stats.sent_packets,
+            stats.lost_packets,
+        );
+        let (mut up, mut down) = (0.0, 0.0);
+        if let Some((then, sent0, received0, packets0, lost0)) = self.last {
+            let seconds = now.duration_since(then).as_secs_f64().max(1e-3);
+            up = sent.saturating_sub(sent0) as f64 / seconds;
+            down = received.saturating_sub(received0) as f64 / seconds;
+            let window_packets = packets.saturating_sub(packets0);
+            if window_packets > 0 {
+                let window_loss = lost.saturating_sub(lost0) as f64 / window_packets as f64;
+                // Exponentially weighted, so one bad second does not condemn a link.
+                self.loss = 0.8 * self.loss + 0.2 * window_loss.min(1.0);
+            }
+        }
+        self.last = Some((now, sent, received, packets, lost));
+        LinkMetrics {
+            rtt,
+            loss: self.loss,
+            throughput_up: up,
+            throughput_down: down,
+            bytes_sent: sent,
+            bytes_received: received,
+        }
+    }
+}
+
+/// The quality score of a link from its metrics.
+pub fn quality(metrics: &LinkMetrics) -> f64 {
+    quality_score(metrics.rtt, metrics.loss)
+}
