@@ -26,9 +26,16 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = node_command(data_dir, extra)
-            .spawn()
-            .expect("spawn meshcore");
+        Self::spawn(node_command(data_dir, extra))
+    }
+
+    /// Starts `command` (a `meshcore run …`, possibly wrapped) and waits for its ready line.
+    pub fn spawn(mut command: Command) -> Self {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn meshcore");
         let stdout = child.stdout.take().expect("stdout");
         let (line_tx, line_rx) = mpsc::channel();
         std::thread::spawn(move || {
