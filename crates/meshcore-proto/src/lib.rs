@@ -14,6 +14,7 @@
 //! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod dht;
 pub mod identity;
 pub mod link;
 pub mod peers;
