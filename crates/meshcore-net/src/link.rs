@@ -9,6 +9,7 @@
 //! acceptor answers with its own. Each side checks the other's version. Frames are a 4-byte
 //! big-endian length and a postcard body of at most [`MAX_FRAME_LEN`] bytes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -95,7 +96,14 @@ pub struct LinkHandle {
     outbox: mpsc::Sender<LinkMessage>,
     metrics: Arc<Mutex<LinkMetrics>>,
     close: Arc<Mutex<Option<oneshot::Sender<CloseReason>>>>,
+    pings: Pings,
 }
+
+/// Pings awaiting their pong, by nonce.
+type Pings = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;
+
+/// Most pings awaiting a pong on one link.
+pub const MAX_PENDING_PINGS: usize = 64;
 
 /// Why a message could not be queued on a link.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +123,35 @@ impl LinkHandle {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })
+    }
+
+    /// The latest measurements.
+    /// Sends a `Ping` and waits for its `Pong`: the link's round trip through both nodes'
+    /// link tasks, as an application sees it.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, SendError> {
+        let (done, answered) = oneshot::channel();
+        let nonce = {
+            let mut pings = self.pings.lock().map_err(|_| SendError::Closed)?;
+            if pings.len() >= MAX_PENDING_PINGS {
+                return Err(SendError::Full);
+            }
+            let nonce = rand::random::<u64>();
+            pings.insert(nonce, done);
+            nonce
+        };
+        let started = tokio::time::Instant::now();
+        let sent = self.send(LinkMessage::Ping(nonce));
+        let result = match sent {
+            Ok(()) => match tokio::time::timeout(timeout, answered).await {
+                Ok(Ok(())) => Ok(started.elapsed()),
+                _ => Err(SendError::Closed),
+            },
+            Err(error) => Err(error),
+        };
+        if let Ok(mut pings) = self.pings.lock() {
+            pings.remove(&nonce);
+        }
+        result
     }
 
     /// The latest measurements.
@@ -308,6 +345,7 @@ pub async fn run_quic_link(
     let (outbox, inbox) = mpsc::channel(SEND_QUEUE);
     let (close_tx, close_rx) = oneshot::channel();
     let metrics = Arc::new(Mutex::new(LinkMetrics::default()));
+    let pings = Pings::default();
     let handle = LinkHandle {
         id,
         peer,
@@ -319,6 +357,7 @@ pub async fn run_quic_link(
         outbox,
         metrics: metrics.clone(),
         close: Arc::new(Mutex::new(Some(close_tx))),
+        pings: pings.clone(),
     };
     let (decision_tx, decision_rx) = oneshot::channel();
     if events
@@ -356,6 +395,7 @@ pub async fn run_quic_link(
         inbox,
         close_rx,
         &metrics,
+        &pings,
     )
     .await;
     let _ = events
@@ -378,6 +418,7 @@ async fn drive(
     mut inbox: mpsc::Receiver<LinkMessage>,
     mut close_rx: oneshot::Receiver<CloseReason>,
     metrics: &Mutex<LinkMetrics>,
+    pings: &Pings,
 ) -> String {
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     let mut meter = Meter::default();
@@ -398,7 +439,11 @@ async fn drive(
                             return "transport: write failed".to_owned();
                         }
                     }
-                    Ok(LinkMessage::Pong(_)) => {}
+                    Ok(LinkMessage::Pong(nonce)) => {
+                        if let Some(waiter) = pings.lock().ok().and_then(|mut p| p.remove(&nonce)) {
+                            let _ = waiter.send(());
+                        }
+                    }
                     Ok(LinkMessage::Hello(_)) => {
                         return violation(connection, events, id, peer, "a second Hello".to_owned()).await;
                     }

@@ -23,7 +23,7 @@ use meshcore_proto::peers::{
 use meshcore_proto::{NodeId, NodeKeypair};
 use meshcore_store::{NodeRecord, Store};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::endpoint::{self, endpoint_id_of, node_id_of, EndpointError};
 use crate::link::{self, close_code, HandshakeError, LinkEvent, LinkHandle};
@@ -140,6 +140,7 @@ enum Command {
         reply: oneshot::Sender<Result<ConnectionInfo, ConnectError>>,
     },
     Connections(oneshot::Sender<Vec<ConnectionInfo>>),
+    Link(NodeId, oneshot::Sender<Option<LinkHandle>>),
     SetLimits(usize, usize),
     Discovered(NodeId, Vec<SocketAddr>, DiscoverySource),
     Shutdown(oneshot::Sender<()>),
@@ -155,6 +156,7 @@ pub struct Network {
     local: NodeId,
     endpoint: Endpoint,
     commands: mpsc::Sender<Command>,
+    link_count: watch::Receiver<usize>,
 }
 
 impl std::fmt::Debug for Command {
@@ -249,10 +251,12 @@ impl Network {
         }
         let (persist, writer) = crate::persist::spawn(store);
 
+        let (link_count_tx, link_count) = watch::channel(0);
         let network = Self {
             local,
             endpoint: endpoint.clone(),
             commands: commands_tx,
+            link_count,
         };
         for entry in &config.bootstrap {
             network.add_bootstrap(entry);
@@ -284,6 +288,7 @@ impl Network {
             pex: config.pex,
             lan,
             violations: 0,
+            link_count: link_count_tx,
         };
         tokio::spawn(actor.run(commands_rx, link_events_rx, dial_rx, writer));
         tracing::info!(node_id = %local, listen = ?listen_addrs, "network started");
@@ -317,6 +322,27 @@ impl Network {
             Ok(Err(_)) => Err(ConnectError::ShuttingDown),
             Err(_) => Err(ConnectError::Timeout(timeout)),
         }
+    }
+
+    /// A receiver of the number of live links, updated as links come and go.
+    pub fn subscribe_link_count(&self) -> watch::Receiver<usize> {
+        self.link_count.clone()
+    }
+
+    /// Pings `peer` over its link and returns the round-trip time.
+    pub async fn ping(&self, peer: NodeId, timeout: Duration) -> Result<Duration, ConnectError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Link(peer, reply))
+            .await
+            .map_err(|_| ConnectError::ShuttingDown)?;
+        let link = answer
+            .await
+            .map_err(|_| ConnectError::ShuttingDown)?
+            .ok_or_else(|| ConnectError::DialFailed("no link to that peer".to_owned()))?;
+        link.ping(timeout)
+            .await
+            .map_err(|error| ConnectError::DialFailed(error.to_string()))
     }
 
     /// The live links.
@@ -471,6 +497,7 @@ struct Actor {
     pex: bool,
     lan: Option<crate::lan::LanDiscovery>,
     violations: u64,
+    link_count: watch::Sender<usize>,
 }
 
 /// Most callers waiting on one peer's connection.
@@ -520,6 +547,10 @@ impl Actor {
                 }
             }
             self.run_actions();
+            self.link_count.send_if_modified(|count| {
+                let live = self.peers.links().len();
+                std::mem::replace(count, live) != live
+            });
         }
     }
 
@@ -566,6 +597,9 @@ impl Actor {
                     .map(|link| self.info(link))
                     .collect();
                 let _ = reply.send(list);
+            }
+            Command::Link(peer, reply) => {
+                let _ = reply.send(self.current_link(&peer).cloned());
             }
             Command::SetLimits(min, max) => {
                 self.peers.set_limits(min, max);

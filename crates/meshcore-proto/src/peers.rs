@@ -10,7 +10,7 @@
 //! links, [`link_quality`](PeerManager::link_quality) for measurements,
 //! [`misbehaved`](PeerManager::misbehaved) for protocol violations — and calls
 //! [`handle_timeout`](PeerManager::handle_timeout) when [`poll_timeout`](PeerManager::poll_timeout)
-//! is reached. After each input it drains [`poll_action`](PeerManager::poll_action) and
+//! is reached (`None` means now). After each input it drains [`poll_action`](PeerManager::poll_action) and
 //! carries the actions out (dial, close, ask for peers).
 //!
 //! # Policy
@@ -26,7 +26,10 @@
 //!   ±20 % jitter from the seeded RNG).
 //! - A peer that misbehaves is closed and blacklisted; each strike doubles the time.
 //! - Peer exchange: ask one random linked peer every `pex_interval` (and every tick while
-//!   below `min_links`); answer one request per peer per `pex_answer_interval`.
+//!   below `min_links`); answer one request per peer per `pex_answer_interval`, with a
+//!   sample of the peers linked now (never ones merely remembered, which may be gone).
+//! - While below `min_links`, dial two candidates more than the shortfall, so that dead
+//!   entries cannot stall joining for a whole dial timeout.
 //!
 //! Every map has a bound: known peers `max_known_peers`, links `max_links`, blacklist
 //! `max_known_peers`.
@@ -246,6 +249,9 @@ pub enum PeerAction {
     },
 }
 
+/// Dials beyond the shortfall while below `min_links`.
+const SPARE_DIALS: usize = 2;
+
 /// The peer manager. See the module documentation.
 #[derive(Debug)]
 pub struct PeerManager {
@@ -377,6 +383,7 @@ impl PeerManager {
                 strikes: 0,
             },
         );
+        self.hurry_if_below_min();
         true
     }
 
@@ -475,7 +482,16 @@ impl PeerManager {
                 capabilities,
             },
         );
+        self.hurry_if_below_min();
         Ok(())
+    }
+
+    /// While below `min_links`, news (a new peer, a new link) makes maintenance due now,
+    /// so joining takes round trips rather than ticks.
+    fn hurry_if_below_min(&mut self) {
+        if self.links.len() < self.config.min_links {
+            self.next_tick = None;
+        }
     }
 
     /// A link went down (closed by either side or by the transport).
@@ -568,24 +584,13 @@ impl PeerManager {
             .copied()
             .filter(|p| *p != requester)
             .collect();
-        let mut others: Vec<NodeId> = self
-            .known
-            .iter()
-            .filter(|(id, k)| {
-                **id != requester
-                    && !self.links.contains_key(id)
-                    && k.failures == 0
-                    && !k.addrs.is_empty()
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        // Only peers linked now: a node that merely was known may be long gone, and
+        // handing it on would send the asker into dial timeouts.
         self.shuffle(&mut linked);
-        self.shuffle(&mut others);
         let size = self.config.pex_sample_size.min(MAX_PEX_PEERS);
         Some(
             linked
                 .into_iter()
-                .chain(others)
                 .filter_map(|id| {
                     let addrs = &self.known.get(&id)?.addrs;
                     (!addrs.is_empty()).then(|| PeerAddress {
@@ -670,9 +675,9 @@ impl PeerManager {
     }
 
     fn dial_candidates(&mut self, now: Instant) {
-        let wanted = self
-            .config
-            .min_links
+        // Two spare dials, so that a few dead entries cannot stall joining for a dial timeout.
+        let wanted = (self.config.min_links + SPARE_DIALS)
+            .min(self.config.max_links)
             .saturating_sub(self.links.len() + self.dialing.len());
         let slots = self
             .config

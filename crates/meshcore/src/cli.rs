@@ -1,9 +1,11 @@
 //! The command line: one struct for the whole grammar, one module per subcommand.
 
+mod bench;
 mod config;
 mod id;
 mod peers;
 mod run;
+mod sim;
 
 use std::path::PathBuf;
 
@@ -38,6 +40,10 @@ pub enum Command {
     Peers(peers::PeersArgs),
     /// Link a running node to another node.
     Connect(peers::ConnectArgs),
+    /// Measure the node against baselines in the same run (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// Run the protocol cores over thousands of simulated nodes, deterministically.
+    Sim(sim::SimArgs),
 }
 
 /// The data directory flag, shared by the commands that read local files.
@@ -75,6 +81,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => config::run(args),
         Command::Peers(args) => peers::list(args),
         Command::Connect(args) => peers::connect(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Sim(args) => sim::run(args),
     }
 }
 

@@ -35,18 +35,18 @@ fn dials(actions: &[PeerAction]) -> Vec<NodeId> {
 }
 
 #[test]
-fn dials_towards_min_links_and_not_beyond() {
+fn dials_towards_min_links_with_two_spares_and_not_beyond() {
     let (mut m, now) = manager(3, 10);
-    for i in 1..=6 {
+    for i in 1..=8 {
         m.add_peer(now, id(i), &[addr(i as u8)], DiscoverySource::Pex);
     }
     m.handle_timeout(now);
     let first = dials(&drain(&mut m));
-    assert_eq!(first.len(), 3);
+    assert_eq!(first.len(), 3 + 2, "the shortfall plus two spare dials");
     // Nothing new while those dials are in flight.
     m.handle_timeout(now + Duration::from_secs(1));
     assert!(dials(&drain(&mut m)).is_empty());
-    for (n, peer) in first.iter().enumerate() {
+    for (n, peer) in first.iter().take(3).enumerate() {
         m.link_up(
             now,
             *peer,
@@ -57,6 +57,10 @@ fn dials_towards_min_links_and_not_beyond() {
         )
         .expect("accepted");
     }
+    for peer in &first[3..] {
+        m.dial_failed(now, *peer);
+    }
+    // At min_links: no more dials, however many candidates remain.
     m.handle_timeout(now + Duration::from_secs(2));
     assert!(dials(&drain(&mut m)).is_empty());
     assert_eq!(m.links().len(), 3);
@@ -327,7 +331,11 @@ fn diverse_candidates_are_preferred() {
         DiscoverySource::Pex,
     );
     m.handle_timeout(now);
-    assert_eq!(dials(&drain(&mut m)), [id(3)]);
+    assert_eq!(
+        dials(&drain(&mut m)).first(),
+        Some(&id(3)),
+        "the other /24 is dialled first"
+    );
 }
 
 #[test]
@@ -420,4 +428,35 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn news_while_below_min_makes_maintenance_due_at_once() {
+    let (mut m, now) = manager(2, 10);
+    m.handle_timeout(now);
+    assert!(m.poll_timeout().is_some_and(|t| t > now));
+    m.add_peer(now, id(1), &[addr(1)], DiscoverySource::Bootstrap);
+    assert_eq!(
+        m.poll_timeout(),
+        None,
+        "a new peer below min is dialled without waiting a tick"
+    );
+    m.handle_timeout(now);
+    assert_eq!(dials(&drain(&mut m)), [id(1)]);
+    m.link_up(
+        now,
+        id(1),
+        LinkId(1),
+        Direction::Outbound,
+        Capabilities::empty(),
+        &[],
+    )
+    .expect("up");
+    assert_eq!(
+        m.poll_timeout(),
+        None,
+        "still below min: ask for peers at once"
+    );
+    m.handle_timeout(now);
+    assert!(drain(&mut m).contains(&PeerAction::RequestPex { peer: id(1) }));
 }
