@@ -8,9 +8,17 @@
 //! The QUIC handshake: the dialer opens a bidirectional stream and sends its [`Hello`]; the
 //! acceptor answers with its own. Each side checks the other's version. Frames are a 4-byte
 //! big-endian length and a postcard body of at most [`MAX_FRAME_LEN`] bytes.
+//!
+//! Beside the control stream, a link carries **data frames**: opaque byte strings of at most
+//! [`MAX_DATA_FRAME`] bytes that the link never parses (routed packets, later). Each side
+//! opens one unidirectional QUIC stream for its data when it first sends, and writes frames
+//! with the same 4-byte length prefix. Received frames go to the node's one
+//! [`FrameSink`], whose consumer applies back-pressure: a slow consumer slows the sender
+//! through QUIC flow control instead of growing a queue.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +41,18 @@ pub const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Messages queued for sending on one link before senders are refused.
 pub const SEND_QUEUE: usize = 256;
+
+/// The largest data frame a link carries.
+pub const MAX_DATA_FRAME: usize = 64 * 1024;
+
+/// Data frames queued for sending on one link before senders wait (or are refused).
+pub const DATA_QUEUE: usize = 64;
+
+/// Data frames coalesced into one write before the stream is flushed.
+const DATA_BATCH: usize = 32;
+
+/// Most data streams a peer may have open towards this node on one link.
+pub const MAX_DATA_STREAMS: usize = 4;
 
 /// QUIC application close codes, so the peer's log can say why.
 pub mod close_code {
@@ -94,6 +114,7 @@ pub struct LinkHandle {
     /// When it came up.
     pub since: SystemTime,
     outbox: mpsc::Sender<LinkMessage>,
+    data: mpsc::Sender<Bytes>,
     metrics: Arc<Mutex<LinkMetrics>>,
     close: Arc<Mutex<Option<oneshot::Sender<CloseReason>>>>,
     pings: Pings,
@@ -114,6 +135,14 @@ pub enum SendError {
     /// The link is closed.
     #[error("the link is closed")]
     Closed,
+    /// A data frame is larger than [`MAX_DATA_FRAME`].
+    #[error("a data frame of {len} bytes is larger than the limit of {max} bytes")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl LinkHandle {
@@ -125,7 +154,22 @@ impl LinkHandle {
         })
     }
 
-    /// The latest measurements.
+    /// Queues a data frame for the peer without waiting.
+    pub fn try_send_data(&self, frame: Bytes) -> Result<(), SendError> {
+        check_data_len(&frame)?;
+        self.data.try_send(frame).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// Queues a data frame for the peer, waiting while the link's data queue is full (so a
+    /// sender goes at the pace the peer reads).
+    pub async fn send_data(&self, frame: Bytes) -> Result<(), SendError> {
+        check_data_len(&frame)?;
+        self.data.send(frame).await.map_err(|_| SendError::Closed)
+    }
+
     /// Sends a `Ping` and waits for its `Pong`: the link's round trip through both nodes'
     /// link tasks, as an application sees it.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, SendError> {
@@ -164,6 +208,71 @@ impl LinkHandle {
         if let Some(sender) = self.close.lock().ok().and_then(|mut slot| slot.take()) {
             let _ = sender.send(reason);
         }
+    }
+}
+
+fn check_data_len(frame: &Bytes) -> Result<(), SendError> {
+    if frame.len() > MAX_DATA_FRAME {
+        return Err(SendError::TooLarge {
+            len: frame.len(),
+            max: MAX_DATA_FRAME,
+        });
+    }
+    Ok(())
+}
+
+/// A data frame received on a link.
+#[derive(Debug, Clone)]
+pub struct ReceivedFrame {
+    /// The link it came on.
+    pub link: LinkId,
+    /// The peer that sent it (authenticated by the link).
+    pub peer: NodeId,
+    /// The frame, unparsed.
+    pub data: Bytes,
+}
+
+/// Where every link delivers the data frames it receives. Until a consumer
+/// [takes](FrameSink::take_receiver) the receiving end, frames are dropped and counted.
+#[derive(Debug, Clone)]
+pub struct FrameSink {
+    sender: mpsc::Sender<ReceivedFrame>,
+    receiver: Arc<Mutex<Option<mpsc::Receiver<ReceivedFrame>>>>,
+    attached: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl FrameSink {
+    /// A sink holding at most `capacity` frames not yet consumed.
+    pub fn new(capacity: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        Self {
+            sender,
+            receiver: Arc::new(Mutex::new(Some(receiver))),
+            attached: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Takes the receiving end; `None` if it was taken already.
+    pub fn take_receiver(&self) -> Option<mpsc::Receiver<ReceivedFrame>> {
+        let receiver = self.receiver.lock().ok()?.take()?;
+        self.attached.store(true, Ordering::Release);
+        Some(receiver)
+    }
+
+    /// Frames dropped because nobody consumed them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Delivers a frame, waiting for room. `false` if the consumer is gone.
+    async fn deliver(&self, frame: ReceivedFrame) -> bool {
+        if !self.attached.load(Ordering::Acquire) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.sender.send(frame).await.is_ok()
     }
 }
 
@@ -207,9 +316,13 @@ pub enum LinkEvent {
 }
 
 fn codec() -> LengthDelimitedCodec {
+    codec_with_limit(MAX_FRAME_LEN)
+}
+
+fn codec_with_limit(max: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
-        .max_frame_length(MAX_FRAME_LEN)
+        .max_frame_length(max)
         .new_codec()
 }
 
@@ -341,8 +454,10 @@ pub async fn run_quic_link(
     peer: NodeId,
     direction: Direction,
     events: mpsc::Sender<LinkEvent>,
+    frames: FrameSink,
 ) {
     let (outbox, inbox) = mpsc::channel(SEND_QUEUE);
+    let (data, data_queue) = mpsc::channel(DATA_QUEUE);
     let (close_tx, close_rx) = oneshot::channel();
     let metrics = Arc::new(Mutex::new(LinkMetrics::default()));
     let pings = Pings::default();
@@ -355,6 +470,7 @@ pub async fn run_quic_link(
         remote_addr: remote_addr(&connection),
         since: SystemTime::now(),
         outbox,
+        data,
         metrics: metrics.clone(),
         close: Arc::new(Mutex::new(Some(close_tx))),
         pings: pings.clone(),
@@ -396,6 +512,8 @@ pub async fn run_quic_link(
         close_rx,
         &metrics,
         &pings,
+        data_queue,
+        frames,
     )
     .await;
     let _ = events
@@ -419,11 +537,30 @@ async fn drive(
     mut close_rx: oneshot::Receiver<CloseReason>,
     metrics: &Mutex<LinkMetrics>,
     pings: &Pings,
+    data_queue: mpsc::Receiver<Bytes>,
+    frames: FrameSink,
 ) -> String {
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     let mut meter = Meter::default();
+    let data_out = write_data(connection.clone(), data_queue);
+    tokio::pin!(data_out);
+    let data_in = read_data(connection.clone(), frames, id, peer);
+    tokio::pin!(data_in);
     loop {
         tokio::select! {
+            result = &mut data_in => {
+                return match result {
+                    DataError::Violation(reason) => violation(connection, events, id, peer, reason).await,
+                    DataError::Transport(reason) => format!("transport: {reason}"),
+                    DataError::Stopped => "shutting down".to_owned(),
+                };
+            }
+            result = &mut data_out => {
+                return match result {
+                    DataError::Violation(reason) | DataError::Transport(reason) => format!("transport: {reason}"),
+                    DataError::Stopped => "link handle dropped".to_owned(),
+                };
+            }
             frame = reader.next() => {
                 let bytes = match frame {
                     Some(Ok(bytes)) => bytes,
@@ -497,6 +634,104 @@ async fn violation(
         })
         .await;
     format!("protocol violation: {reason}")
+}
+
+/// Why a data direction stopped.
+#[derive(Debug)]
+enum DataError {
+    /// The peer broke the data framing.
+    Violation(String),
+    /// The transport failed.
+    Transport(String),
+    /// The local side stopped (handles dropped, consumer gone).
+    Stopped,
+}
+
+/// Writes queued data frames to this side's data stream, opened with the first frame.
+async fn write_data(connection: Connection, mut queue: mpsc::Receiver<Bytes>) -> DataError {
+    let Some(first) = queue.recv().await else {
+        return DataError::Stopped;
+    };
+    let stream = match connection.open_uni().await {
+        Ok(stream) => stream,
+        Err(error) => return DataError::Transport(error.to_string()),
+    };
+    let mut writer = FramedWrite::new(stream, codec_with_limit(MAX_DATA_FRAME));
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        // Coalesce what is already queued into one flush.
+        if let Err(error) = writer.feed(frame).await {
+            return DataError::Transport(error.to_string());
+        }
+        for _ in 1..DATA_BATCH {
+            match queue.try_recv() {
+                Ok(frame) => {
+                    if let Err(error) = writer.feed(frame).await {
+                        return DataError::Transport(error.to_string());
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = SinkExt::<Bytes>::flush(&mut writer).await {
+            return DataError::Transport(error.to_string());
+        }
+        next = queue.recv().await;
+    }
+    DataError::Stopped
+}
+
+/// Accepts the peer's data streams and delivers their frames to `frames`.
+async fn read_data(
+    connection: Connection,
+    frames: FrameSink,
+    id: LinkId,
+    peer: NodeId,
+) -> DataError {
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept_uni() => {
+                let stream = match accepted {
+                    Ok(stream) => stream,
+                    Err(error) => return DataError::Transport(error.to_string()),
+                };
+                if streams.len() >= MAX_DATA_STREAMS {
+                    return DataError::Violation(format!("more than {MAX_DATA_STREAMS} data streams"));
+                }
+                streams.spawn(read_data_stream(stream, frames.clone(), id, peer));
+            }
+            Some(finished) = streams.join_next() => {
+                match finished {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return error,
+                    Err(error) => return DataError::Transport(error.to_string()),
+                }
+            }
+        }
+    }
+}
+
+async fn read_data_stream(
+    stream: RecvStream,
+    frames: FrameSink,
+    link: LinkId,
+    peer: NodeId,
+) -> Result<(), DataError> {
+    let mut reader = FramedRead::new(stream, codec_with_limit(MAX_DATA_FRAME));
+    while let Some(frame) = reader.next().await {
+        let data = match frame {
+            Ok(data) => data.freeze(),
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(DataError::Violation(format!("bad data frame: {error}")))
+            }
+            Err(error) => return Err(DataError::Transport(error.to_string())),
+        };
+        if !frames.deliver(ReceivedFrame { link, peer, data }).await {
+            return Err(DataError::Stopped);
+        }
+    }
+    Ok(())
 }
 
 /// Turns cumulative QUIC counters into rates and a windowed loss ratio.

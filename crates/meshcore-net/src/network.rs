@@ -26,7 +26,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::endpoint::{self, endpoint_id_of, node_id_of, EndpointError};
-use crate::link::{self, close_code, HandshakeError, LinkEvent, LinkHandle};
+use crate::link::{
+    self, close_code, FrameSink, HandshakeError, LinkEvent, LinkHandle, ReceivedFrame,
+};
 
 /// How long a dial may take, handshake included.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +38,9 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// Capacity of the actor's queues.
 const QUEUE: usize = 1024;
+
+/// Received data frames waiting for their consumer.
+const FRAME_QUEUE: usize = 1024;
 
 /// What the network needs to start.
 #[derive(Debug, Clone)]
@@ -157,6 +162,7 @@ pub struct Network {
     endpoint: Endpoint,
     commands: mpsc::Sender<Command>,
     link_count: watch::Receiver<usize>,
+    frames: FrameSink,
 }
 
 impl std::fmt::Debug for Command {
@@ -210,6 +216,7 @@ impl Network {
                 .collect(),
         });
         let next_link = Arc::new(AtomicU64::new(1));
+        let frames = FrameSink::new(FRAME_QUEUE);
         let router = Router::builder(endpoint.clone())
             .accept(
                 LINK_ALPN,
@@ -218,6 +225,7 @@ impl Network {
                     hello: hello.clone(),
                     events: link_events_tx.clone(),
                     next_link: next_link.clone(),
+                    frames: frames.clone(),
                     handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
                 },
             )
@@ -257,6 +265,7 @@ impl Network {
             endpoint: endpoint.clone(),
             commands: commands_tx,
             link_count,
+            frames: frames.clone(),
         };
         for entry in &config.bootstrap {
             network.add_bootstrap(entry);
@@ -284,6 +293,7 @@ impl Network {
             link_events: link_events_tx,
             dial_events: dial_tx,
             next_link,
+            frames,
             persist,
             pex: config.pex,
             lan,
@@ -329,16 +339,24 @@ impl Network {
         self.link_count.clone()
     }
 
+    /// The current link to `peer`, if there is one.
+    pub async fn link(&self, peer: NodeId) -> Option<LinkHandle> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Link(peer, reply)).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Takes the stream of data frames received on every link (see [`FrameSink`]); `None`
+    /// after the first call. Until it is taken, received frames are dropped.
+    pub fn take_frames(&self) -> Option<mpsc::Receiver<ReceivedFrame>> {
+        self.frames.take_receiver()
+    }
+
     /// Pings `peer` over its link and returns the round-trip time.
     pub async fn ping(&self, peer: NodeId, timeout: Duration) -> Result<Duration, ConnectError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Link(peer, reply))
+        let link = self
+            .link(peer)
             .await
-            .map_err(|_| ConnectError::ShuttingDown)?;
-        let link = answer
-            .await
-            .map_err(|_| ConnectError::ShuttingDown)?
             .ok_or_else(|| ConnectError::DialFailed("no link to that peer".to_owned()))?;
         link.ping(timeout)
             .await
@@ -429,6 +447,7 @@ struct LinkAcceptor {
     events: mpsc::Sender<LinkEvent>,
     next_link: Arc<AtomicU64>,
     handshakes: Arc<Semaphore>,
+    frames: FrameSink,
 }
 
 impl ProtocolHandler for LinkAcceptor {
@@ -463,6 +482,7 @@ impl ProtocolHandler for LinkAcceptor {
                     peer,
                     Direction::Inbound,
                     self.events.clone(),
+                    self.frames.clone(),
                 )
                 .await;
             }
@@ -493,6 +513,7 @@ struct Actor {
     link_events: mpsc::Sender<LinkEvent>,
     dial_events: mpsc::Sender<DialOutcome>,
     next_link: Arc<AtomicU64>,
+    frames: FrameSink,
     persist: mpsc::Sender<NodeRecord>,
     pex: bool,
     lan: Option<crate::lan::LanDiscovery>,
@@ -746,6 +767,7 @@ impl Actor {
         let endpoint = self.endpoint.clone();
         let hello = self.hello.clone();
         let events = self.link_events.clone();
+        let frames = self.frames.clone();
         let failures = self.dial_events.clone();
         let id = LinkId(self.next_link.fetch_add(1, Ordering::Relaxed));
         tokio::spawn(async move {
@@ -766,8 +788,16 @@ impl Actor {
             };
             match tokio::time::timeout(DIAL_TIMEOUT, attempt).await {
                 Ok(Ok((connection, parts))) => {
-                    link::run_quic_link(connection, parts, id, peer, Direction::Outbound, events)
-                        .await;
+                    link::run_quic_link(
+                        connection,
+                        parts,
+                        id,
+                        peer,
+                        Direction::Outbound,
+                        events,
+                        frames,
+                    )
+                    .await;
                 }
                 Ok(Err(error)) => {
                     let _ = failures.send(DialOutcome::Failed(peer, error)).await;

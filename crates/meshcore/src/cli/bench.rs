@@ -15,6 +15,8 @@ use meshcore_store::Store;
 use serde::Serialize;
 use serde_json::json;
 
+mod throughput;
+
 /// How long any single step of a benchmark may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -42,6 +44,22 @@ enum BenchKind {
         /// Links held by the node whose memory is measured.
         #[arg(long, default_value_t = 50)]
         links: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Single-link throughput: data frames over a Meshcore link against a plain QUIC
+    /// (quinn) stream, both on loopback in the same run.
+    Throughput {
+        /// MiB sent per transfer.
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        /// Bytes per data frame (and per write on the QUIC stream); at most 65536.
+        #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        frame: u32,
+        /// Transfers of each kind; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -83,6 +101,12 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             links,
             json,
         } => runtime.block_on(links_bench(starts, setups, pings, links, json)),
+        BenchKind::Throughput {
+            mib,
+            frame,
+            runs,
+            json,
+        } => runtime.block_on(throughput::bench(mib, frame as usize, runs, json)),
     }
 }
 

@@ -1,0 +1,85 @@
+//! Data frames over a real link on loopback: delivered whole, in order, to the one consumer;
+//! oversized frames are refused before they are queued.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use meshcore_net::link::{SendError, MAX_DATA_FRAME};
+use meshcore_net::{Network, NetworkConfig};
+use meshcore_proto::link::Capabilities;
+use meshcore_proto::NodeKeypair;
+use meshcore_store::Store;
+use rand_chacha::rand_core::SeedableRng;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn network(seed: u64) -> Network {
+    let keys = NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
+    let config = NetworkConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        bootstrap: Vec::new(),
+        lan: false,
+        pex: false,
+        min_links: 0,
+        max_links: 8,
+        relay_urls: Vec::new(),
+        capabilities: Capabilities::empty(),
+        rng_seed: seed,
+    };
+    let store = Store::open_in_memory().await.expect("store");
+    Network::start(&keys, config, store).await.expect("network")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_arrive_whole_and_in_order() {
+    let (a, b) = (network(1).await, network(2).await);
+    let mut received = b.take_frames().expect("first take");
+    assert!(b.take_frames().is_none(), "the receiver is handed out once");
+    a.connect(b.node_id(), b.listen_addrs(), WAIT)
+        .await
+        .expect("link");
+    let link = a.link(b.node_id()).await.expect("a link handle");
+
+    let frames: Vec<Bytes> = (0..500u32)
+        .map(|i| {
+            let len = (i as usize * 131) % MAX_DATA_FRAME + 1;
+            Bytes::from(
+                (0..len)
+                    .map(|j| (i as usize + j) as u8)
+                    .collect::<Vec<u8>>(),
+            )
+        })
+        .collect();
+    let sender = {
+        let (link, frames) = (link.clone(), frames.clone());
+        tokio::spawn(async move {
+            for frame in frames {
+                link.send_data(frame).await.expect("send");
+            }
+        })
+    };
+    for (i, expected) in frames.iter().enumerate() {
+        let frame = tokio::time::timeout(WAIT, received.recv())
+            .await
+            .unwrap_or_else(|_| panic!("frame {i} did not arrive"))
+            .expect("sink open");
+        assert_eq!(frame.peer, a.node_id());
+        assert_eq!(&frame.data, expected, "frame {i}");
+    }
+    sender.await.expect("sender");
+
+    let oversized = Bytes::from(vec![0u8; MAX_DATA_FRAME + 1]);
+    assert_eq!(
+        link.try_send_data(oversized.clone()),
+        Err(SendError::TooLarge {
+            len: MAX_DATA_FRAME + 1,
+            max: MAX_DATA_FRAME
+        })
+    );
+    assert!(matches!(
+        link.send_data(oversized).await,
+        Err(SendError::TooLarge { .. })
+    ));
+    a.shutdown().await;
+    b.shutdown().await;
+}
