@@ -12,11 +12,13 @@
 //! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
 //! - [`link`]: the link protocol messages and link quality.
 //! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).
+//! - [`route`]: the mesh router (AODV-style discovery, feasibility-checked loop freedom, hellos, Dijkstra).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod dht;
 pub mod identity;
 pub mod link;
 pub mod peers;
+pub mod route;
 
 pub use identity::{NodeId, NodeKeypair, NodeSignature, SignatureDomain, SignatureError};
