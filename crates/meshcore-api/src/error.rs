@@ -1,6 +1,6 @@
 //! One error type for every handler, and the mapping of axum's own rejections onto it.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -108,6 +108,33 @@ impl From<JsonRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_path", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_query", rejection.body_text())
+    }
+}
+
+impl From<meshcore_node::records::RecordsError> for ApiError {
+    fn from(error: meshcore_node::records::RecordsError) -> Self {
+        use meshcore_node::records::RecordsError;
+        let (status, code) = match &error {
+            RecordsError::Invalid { field, .. } if *field == "ttl" => {
+                (StatusCode::BAD_REQUEST, "invalid_ttl")
+            }
+            RecordsError::Invalid { field, .. } if *field == "value" => {
+                (StatusCode::BAD_REQUEST, "invalid_value")
+            }
+            RecordsError::Invalid { field, .. } if *field == "key" => {
+                (StatusCode::BAD_REQUEST, "invalid_key")
+            }
+            RecordsError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_service"),
+            RecordsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            RecordsError::Dht(_) => (StatusCode::SERVICE_UNAVAILABLE, "dht_unavailable"),
+        };
+        Self::new(status, code, error.to_string())
     }
 }
 

@@ -28,6 +28,11 @@ pub use openapi::openapi_document;
 /// Largest request body accepted, in bytes. Larger bodies get `413 payload_too_large`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Largest body of `POST dht/put`: room for the largest value (64 KiB as JSON) and its
+/// fields, so that an oversized value gets `400 invalid_value` with its size rather than a
+/// bare 413.
+pub const MAX_DHT_PUT_BODY_BYTES: usize = 256 * 1024;
+
 /// The path prefixes under which every route is served.
 pub const PREFIXES: [&str; 2] = ["/v1", "/wp-json/aevov-meshcore/v1"];
 

@@ -20,6 +20,10 @@ use utoipa::OpenApi;
         crate::routes::reset_setting,
         crate::routes::connect,
         crate::routes::connections,
+        crate::routes::dht_put,
+        crate::routes::dht_get,
+        crate::routes::register_service,
+        crate::routes::resolve_service,
         crate::routes::openapi,
     ),
     components(schemas(
@@ -33,6 +37,12 @@ use utoipa::OpenApi;
         crate::routes::ConnectRequest,
         crate::routes::PeerInfo,
         crate::routes::ConnectResponse,
+        crate::routes::DhtPutRequest,
+        meshcore_node::records::PutOutcome,
+        meshcore_node::records::GetOutcome,
+        crate::routes::ServiceRequest,
+        meshcore_node::records::ServiceRegistered,
+        meshcore_node::records::ServiceProvider,
     ))
 )]
 struct ApiDoc;

@@ -25,6 +25,11 @@ use crate::error::ApiError;
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
+/// A query string whose rejections become [`ApiError`]s.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
 /// A path parameter whose rejections become [`ApiError`]s.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
@@ -38,6 +43,15 @@ pub(crate) fn router(node: Node) -> Router {
         .route("/settings/{key}", delete(reset_setting))
         .route("/connect", post(connect))
         .route("/connections", get(connections))
+        .route(
+            "/dht/put",
+            post(dht_put).layer(axum::extract::DefaultBodyLimit::max(
+                crate::MAX_DHT_PUT_BODY_BYTES,
+            )),
+        )
+        .route("/dht/get", get(dht_get))
+        .route("/services", post(register_service))
+        .route("/services/{name}", get(resolve_service))
         .route("/openapi.json", get(openapi))
         .with_state(node.clone());
 
@@ -294,4 +308,130 @@ pub(crate) async fn openapi() -> Response {
         )
         .into_response(),
     }
+}
+
+/// Body of `POST /dht/put` (the specification's call).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DhtPutRequest {
+    /// A name: the record is stored under `NODE_ID/NAME`, signed by this node, and only this
+    /// node can replace it. Without a name the record is content-addressed (its key is the
+    /// SHA-256 of the value).
+    #[serde(default)]
+    key: Option<String>,
+    /// Any JSON value; at most 65536 bytes as JSON text.
+    value: serde_json::Value,
+    /// Lifetime in seconds, 1 to 172800; default 3600.
+    #[serde(default)]
+    ttl: Option<i64>,
+}
+
+/// Stores a value in the DHT, here and on the nodes closest to its key.
+#[utoipa::path(post, path = "/v1/dht/put", tag = "dht",
+    request_body = DhtPutRequest,
+    responses(
+        (status = 200, description = "Stored; `key` is where others get it", body = meshcore_node::records::PutOutcome),
+        (status = 400, description = "Bad name, TTL or oversized value", body = crate::ErrorBody),
+        (status = 503, description = "The DHT could not complete the request", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn dht_put(
+    State(node): State<Node>,
+    ApiJson(request): ApiJson<DhtPutRequest>,
+) -> Result<Json<meshcore_node::records::PutOutcome>, ApiError> {
+    let outcome = meshcore_node::records::put(
+        node.network().dht(),
+        request.key.as_deref(),
+        &request.value,
+        request.ttl,
+    )
+    .await?;
+    Ok(Json(outcome))
+}
+
+/// Query of `GET /dht/get`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DhtGetQuery {
+    /// `NODE_ID/NAME` or a 64-hex content key.
+    key: String,
+}
+
+/// Finds a value in the DHT.
+#[utoipa::path(get, path = "/v1/dht/get", tag = "dht",
+    params(DhtGetQuery),
+    responses(
+        (status = 200, description = "The record", body = meshcore_node::records::GetOutcome),
+        (status = 400, description = "A malformed key", body = crate::ErrorBody),
+        (status = 404, description = "No node holds it", body = crate::ErrorBody),
+        (status = 503, description = "The DHT could not complete the request", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn dht_get(
+    State(node): State<Node>,
+    ApiQuery(query): ApiQuery<DhtGetQuery>,
+) -> Result<Json<meshcore_node::records::GetOutcome>, ApiError> {
+    Ok(Json(
+        meshcore_node::records::get(node.network().dht(), &query.key).await?,
+    ))
+}
+
+/// Body of `POST /services`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceRequest {
+    /// The service name (1 to 60 bytes, no '/').
+    name: String,
+    /// The port the service listens on.
+    #[serde(default)]
+    port: Option<u16>,
+    /// Anything else clients need (JSON).
+    #[serde(default)]
+    info: Option<serde_json::Value>,
+    /// Seconds the entry lives unless registered again, 1 to 172800; default 3600.
+    #[serde(default)]
+    ttl: Option<i64>,
+}
+
+/// Registers this node as a provider of a named service (mesh DNS). The entry is signed by
+/// this node and expires unless registered again.
+#[utoipa::path(post, path = "/v1/services", tag = "dht",
+    request_body = ServiceRequest,
+    responses(
+        (status = 200, description = "Registered", body = meshcore_node::records::ServiceRegistered),
+        (status = 400, description = "Bad name, port, info or TTL", body = crate::ErrorBody),
+        (status = 503, description = "The DHT could not complete the request", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn register_service(
+    State(node): State<Node>,
+    ApiJson(request): ApiJson<ServiceRequest>,
+) -> Result<Json<meshcore_node::records::ServiceRegistered>, ApiError> {
+    let offer = meshcore_node::records::ServiceOffer {
+        port: request.port,
+        info: request.info,
+    };
+    Ok(Json(
+        meshcore_node::records::register_service(
+            node.network().dht(),
+            &request.name,
+            &offer,
+            request.ttl,
+        )
+        .await?,
+    ))
+}
+
+/// The providers of a named service.
+#[utoipa::path(get, path = "/v1/services/{name}", tag = "dht",
+    params(("name" = String, Path, description = "The service name")),
+    responses(
+        (status = 200, description = "Its live providers", body = Vec<meshcore_node::records::ServiceProvider>),
+        (status = 400, description = "A malformed name", body = crate::ErrorBody),
+        (status = 404, description = "No live provider", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn resolve_service(
+    State(node): State<Node>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Vec<meshcore_node::records::ServiceProvider>>, ApiError> {
+    Ok(Json(
+        meshcore_node::records::resolve_service(node.network().dht(), &name).await?,
+    ))
 }

@@ -13,6 +13,8 @@
 //! actor step waits on SQL.
 //!
 //! Modules:
+//! - [`dht`]: the DHT driver (the Kademlia core over QUIC), record persistence and the
+//!   DHT-backed address lookup.
 //! - [`endpoint`]: building the iroh endpoint from the node key.
 //! - [`link`]: the transport-agnostic [`Link`](link::LinkHandle) handle, link metrics, and the
 //!   QUIC link task (handshake, framing, ping, measurement).
@@ -21,6 +23,7 @@
 //! - [`persist`]: the batching writer of known nodes.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod dht;
 pub mod endpoint;
 pub mod lan;
 pub mod link;

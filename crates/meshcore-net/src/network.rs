@@ -25,6 +25,7 @@ use meshcore_store::{NodeRecord, Store};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use crate::dht::{AddressBook, Dht, DhtAddressLookup, DhtOptions, DHT_ALPN};
 use crate::endpoint::{self, endpoint_id_of, node_id_of, EndpointError};
 use crate::link::{
     self, close_code, FrameSink, HandshakeError, LinkEvent, LinkHandle, ReceivedFrame,
@@ -61,8 +62,10 @@ pub struct NetworkConfig {
     pub relay_urls: Vec<String>,
     /// What this node offers.
     pub capabilities: Capabilities,
-    /// Seed for the peer manager's RNG.
+    /// Seed for the peer manager's and the DHT's RNGs.
     pub rng_seed: u64,
+    /// Bytes of DHT records this node holds at most (setting `dht_storage_bytes`).
+    pub dht_storage_bytes: u64,
 }
 
 /// A link as listed by `GET /v1/connections` (the specification's columns, and more).
@@ -116,8 +119,8 @@ pub enum ConnectError {
     /// The node is at `max_connections` and no link could make room.
     #[error("at max_connections and no link can be replaced yet")]
     Full,
-    /// No address is known for the peer.
-    #[error("no address is known for the peer; give one in peer_info.addrs")]
+    /// No address is known for the peer, and the DHT has none either.
+    #[error("no address is known for the peer and the DHT has no address record for it; give one in peer_info.addrs")]
     NoAddress,
     /// The dial or handshake failed.
     #[error("could not link to the peer: {0}")]
@@ -136,6 +139,9 @@ pub enum NetworkError {
     /// The endpoint could not be bound.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// The DHT could not start.
+    #[error("cannot start the DHT: {0}")]
+    Dht(String),
 }
 
 enum Command {
@@ -163,6 +169,7 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     link_count: watch::Receiver<usize>,
     frames: FrameSink,
+    dht: Dht,
 }
 
 impl std::fmt::Debug for Command {
@@ -217,7 +224,27 @@ impl Network {
         });
         let next_link = Arc::new(AtomicU64::new(1));
         let frames = FrameSink::new(FRAME_QUEUE);
+        let book = AddressBook::default();
+        let dht_parts = Dht::start(
+            keys,
+            endpoint.clone(),
+            store.clone(),
+            book.clone(),
+            DhtOptions {
+                storage_bytes: config.dht_storage_bytes,
+                rng_seed: config.rng_seed ^ 0x6468_7400,
+            },
+        )
+        .await
+        .map_err(|error| NetworkError::Dht(error.to_string()))?;
+        let dht = dht_parts.dht;
+        match endpoint.address_lookup() {
+            Ok(lookup) => lookup.add(DhtAddressLookup::new(dht.clone())),
+            Err(error) => tracing::warn!(%error, "the DHT address lookup is off"),
+        }
+        dht.publish_addrs(hello.listen_addrs.clone());
         let router = Router::builder(endpoint.clone())
+            .accept(DHT_ALPN, dht_parts.acceptor)
             .accept(
                 LINK_ALPN,
                 LinkAcceptor {
@@ -266,6 +293,7 @@ impl Network {
             commands: commands_tx,
             link_count,
             frames: frames.clone(),
+            dht: dht.clone(),
         };
         for entry in &config.bootstrap {
             network.add_bootstrap(entry);
@@ -294,6 +322,8 @@ impl Network {
             dial_events: dial_tx,
             next_link,
             frames,
+            dht,
+            book,
             persist,
             pex: config.pex,
             lan,
@@ -322,6 +352,18 @@ impl Network {
         addrs: Vec<SocketAddr>,
         timeout: Duration,
     ) -> Result<ConnectionInfo, ConnectError> {
+        let mut addrs = addrs;
+        if addrs.is_empty() {
+            // Known addresses first (cheap), then the peer's address record in the DHT.
+            addrs = self.dht.address_book().get(&peer);
+            if addrs.is_empty() {
+                addrs = tokio::time::timeout(timeout, self.dht.resolve(peer))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Connect { peer, addrs, reply })
@@ -337,6 +379,11 @@ impl Network {
     /// A receiver of the number of live links, updated as links come and go.
     pub fn subscribe_link_count(&self) -> watch::Receiver<usize> {
         self.link_count.clone()
+    }
+
+    /// The DHT running on this node's endpoint.
+    pub fn dht(&self) -> &Dht {
+        &self.dht
     }
 
     /// The current link to `peer`, if there is one.
@@ -514,6 +561,8 @@ struct Actor {
     dial_events: mpsc::Sender<DialOutcome>,
     next_link: Arc<AtomicU64>,
     frames: FrameSink,
+    dht: Dht,
+    book: AddressBook,
     persist: mpsc::Sender<NodeRecord>,
     pex: bool,
     lan: Option<crate::lan::LanDiscovery>,
@@ -627,6 +676,7 @@ impl Actor {
                 tracing::info!(min, max, "connection limits changed");
             }
             Command::Discovered(peer, addrs, source) => {
+                self.book.add(peer, &addrs);
                 if self.peers.add_peer(now, peer, &addrs, source) {
                     tracing::info!(%peer, source = source.name(), ?addrs, "discovered a node");
                     self.persist_peer(peer, "known");
@@ -659,6 +709,7 @@ impl Actor {
                 match &result {
                     Ok(()) => {
                         tracing::info!(peer = %link.peer, direction = ?link.direction, addr = ?link.remote_addr, "link up");
+                        self.dht.add_peer(link.peer, &addrs);
                         let info = self.info(&link);
                         self.links.insert(link.id, link.clone());
                         self.persist_peer(link.peer, "connected");
@@ -764,6 +815,7 @@ impl Actor {
         let Some(endpoint_id) = endpoint_id_of(&peer) else {
             return;
         };
+        self.book.add(peer, &addrs);
         let endpoint = self.endpoint.clone();
         let hello = self.hello.clone();
         let events = self.link_events.clone();
@@ -910,6 +962,7 @@ impl Actor {
             }
             tracing::debug!(%peer, "connect request cancelled by shutdown");
         }
+        self.dht.shutdown().await;
         if let Err(error) = self.router.shutdown().await {
             tracing::debug!(%error, "router shutdown");
         }

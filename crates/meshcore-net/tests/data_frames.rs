@@ -25,6 +25,7 @@ async fn network(seed: u64) -> Network {
         relay_urls: Vec::new(),
         capabilities: Capabilities::empty(),
         rng_seed: seed,
+        dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")

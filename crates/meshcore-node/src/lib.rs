@@ -9,11 +9,14 @@
 //! - [`identity_file`]: the Ed25519 key file (`node.key`, mode 0600).
 //! - [`settings`]: every setting with its default, its rules, and how sources are layered.
 //! - [`node`]: the running node and its handle.
+//! - [`records`]: the key–value face of the DHT (`dht/put`, `dht/get`): named records
+//!   signed by their owner, and content-addressed ones.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod data_dir;
 pub mod identity_file;
 pub mod node;
+pub mod records;
 pub mod settings;
 
 pub use node::{Node, NodeConfig, NodeError, NodeInfo, NodeStats};

@@ -92,6 +92,10 @@ pub struct NodeStats {
     pub routes: i64,
     /// DHT records held in `meshcore_dht`.
     pub dht_records: i64,
+    /// Nodes in the DHT routing table.
+    pub dht_peers: usize,
+    /// Bytes of DHT records held, against `dht_storage_bytes`.
+    pub dht_storage_used_bytes: u64,
 }
 
 /// A handle to the running node. Clones share the node.
@@ -155,6 +159,7 @@ impl Node {
                 relay_urls: settings.relay_urls.clone(),
                 capabilities: Capabilities::empty(),
                 rng_seed: rand::random(),
+                dht_storage_bytes: settings.dht_storage_bytes,
             },
             store.clone(),
         )
@@ -325,6 +330,7 @@ impl Node {
     /// Counts describing the node.
     pub async fn stats(&self) -> Result<NodeStats, NodeError> {
         let counts = self.inner.store.table_counts().await?;
+        let dht = self.inner.network.dht().stats().await.unwrap_or_default();
         Ok(NodeStats {
             node_id: self.node_id().to_hex(),
             uptime_s: self.uptime_s(),
@@ -332,6 +338,8 @@ impl Node {
             connections: self.inner.network.connections().await.len(),
             routes: counts.routes,
             dht_records: counts.dht_records,
+            dht_peers: dht.routing_table_len,
+            dht_storage_used_bytes: dht.storage_used_bytes,
         })
     }
 

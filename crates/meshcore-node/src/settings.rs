@@ -61,11 +61,13 @@ pub enum SettingKey {
     PexEnabled,
     /// `relay_urls`
     RelayUrls,
+    /// `dht_storage_bytes`
+    DhtStorageBytes,
 }
 
 impl SettingKey {
     /// Every setting, in documentation order.
-    pub const ALL: [SettingKey; 15] = [
+    pub const ALL: [SettingKey; 16] = [
         Self::RelayBandwidth,
         Self::MaxConnections,
         Self::MinConnections,
@@ -81,6 +83,7 @@ impl SettingKey {
         Self::LanDiscovery,
         Self::PexEnabled,
         Self::RelayUrls,
+        Self::DhtStorageBytes,
     ];
 
     /// The setting's name, as used in the API, the config file and the CLI.
@@ -101,6 +104,7 @@ impl SettingKey {
             Self::LanDiscovery => "lan_discovery",
             Self::PexEnabled => "pex_enabled",
             Self::RelayUrls => "relay_urls",
+            Self::DhtStorageBytes => "dht_storage_bytes",
         }
     }
 
@@ -122,6 +126,7 @@ impl SettingKey {
             Self::LanDiscovery => "find nodes on the local network by mDNS; true or false; default true (--no-lan turns it off); applies at the next start",
             Self::PexEnabled => "exchange samples of known nodes with linked peers; true or false; default true; applies at the next start",
             Self::RelayUrls => "self-hosted iroh relay servers, as https:// URLs; default none (relays off); applies at the next start",
+            Self::DhtStorageBytes => "bytes of DHT records this node holds at most (its own and others'); 65536 to 1099511627776; default 104857600 (100 MiB); applies at the next start",
         }
     }
 
@@ -245,6 +250,8 @@ pub struct Settings {
     pub pex_enabled: bool,
     /// Self-hosted relay URLs; default none.
     pub relay_urls: Vec<String>,
+    /// Bytes of DHT records held at most; default 100 MiB.
+    pub dht_storage_bytes: u64,
 }
 
 impl Default for Settings {
@@ -265,6 +272,7 @@ impl Default for Settings {
             lan_discovery: true,
             pex_enabled: true,
             relay_urls: Vec::new(),
+            dht_storage_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -608,6 +616,10 @@ impl Settings {
             }
             SettingKey::RelayUrls => {
                 self.relay_urls = text_list(key, value, "relay URLs", check_relay_url)?;
+            }
+            SettingKey::DhtStorageBytes => {
+                let n = expect_value(key, value, "a whole number of bytes from 65536 to 2^40")?;
+                self.dht_storage_bytes = in_range(key, n, 64 * 1024, 1 << 40)?;
             }
             SettingKey::LanDiscovery => {
                 self.lan_discovery = expect_value(key, value, "true or false")?

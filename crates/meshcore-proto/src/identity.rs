@@ -145,6 +145,9 @@ pub enum SignatureDomain {
     DhtRecord,
     /// A service registry entry signed by its provider.
     ServiceRecord,
+    /// A DHT provider record ([`crate::dht::provider`]) signed by the node it names as
+    /// provider.
+    DhtProvider,
     /// A cumulative relay IOU signed by the payer.
     RelayIou,
     /// A WebRTC DTLS fingerprint bound to a node identity.
@@ -159,6 +162,7 @@ impl SignatureDomain {
             Self::RouteAdvertisement => b"route-advertisement",
             Self::DhtRecord => b"dht-record",
             Self::ServiceRecord => b"service-record",
+            Self::DhtProvider => b"dht-provider",
             Self::RelayIou => b"relay-iou",
             Self::DtlsFingerprint => b"dtls-fingerprint",
         }

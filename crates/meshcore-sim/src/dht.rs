@@ -657,7 +657,10 @@ impl<'a, P: FnMut(u64, u64)> Simulation<'a, P> {
                     self.finish_lookup(node, pending, succeeded, stats);
                 }
             }
-            DhtEvent::PeerMisbehaved { .. } => {}
+            // Misbehaviour is not simulated, and the simulator issues no provider commands.
+            DhtEvent::PeerMisbehaved { .. }
+            | DhtEvent::AddProviderFinished { .. }
+            | DhtEvent::GetProvidersFinished { .. } => {}
         }
     }
 

@@ -97,6 +97,37 @@ pub struct NodeRecord {
     pub reputation_score: f64,
 }
 
+/// A row of `meshcore_dht`: one DHT record this node holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtRow {
+    /// The record's DHT key (64 hex characters).
+    pub key_hash: String,
+    /// The plain value.
+    pub value_data: Vec<u8>,
+    /// The owner of a signed record, this node for a record it published, or empty for an
+    /// immutable record held for another node (those carry no signer).
+    pub node_id: String,
+    /// Seconds the record had left to live when it was stored (at least 1).
+    pub ttl: i64,
+    /// Unix seconds when it expires.
+    pub expires_at: i64,
+    /// The encoded record, with its signature.
+    pub record: Vec<u8>,
+    /// `published` (this node republishes it) or `replica`.
+    pub origin: String,
+}
+
+/// A change to the DHT records, written in order by [`Store::apply_dht_changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhtChange {
+    /// Insert or replace the row with this key.
+    Put(DhtRow),
+    /// Delete the row with this key.
+    Remove(String),
+    /// Delete every row that expires at or before these unix seconds.
+    RemoveExpired(i64),
+}
+
 /// A handle to the node's database. Cheap to clone; all clones share one pool.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -287,6 +318,77 @@ impl Store {
             .collect())
     }
 
+    /// Applies DHT record changes in order, in one transaction.
+    pub async fn apply_dht_changes(&self, changes: &[DhtChange]) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for change in changes {
+            match change {
+                DhtChange::Put(row) => {
+                    sqlx::query(
+                        "INSERT INTO meshcore_dht
+                             (key_hash, value_data, node_id, ttl, expires_at, record, origin)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (key_hash) DO UPDATE SET
+                             value_data = excluded.value_data,
+                             node_id = excluded.node_id,
+                             ttl = excluded.ttl,
+                             expires_at = excluded.expires_at,
+                             record = excluded.record,
+                             origin = excluded.origin",
+                    )
+                    .bind(&row.key_hash)
+                    .bind(&row.value_data)
+                    .bind(&row.node_id)
+                    .bind(row.ttl.max(1))
+                    .bind(row.expires_at)
+                    .bind(&row.record)
+                    .bind(&row.origin)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                DhtChange::Remove(key) => {
+                    sqlx::query("DELETE FROM meshcore_dht WHERE key_hash = ?1")
+                        .bind(key)
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+                DhtChange::RemoveExpired(now) => {
+                    sqlx::query("DELETE FROM meshcore_dht WHERE expires_at <= ?1")
+                        .bind(now)
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+            }
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// The DHT records that have not expired at `now` (unix seconds) and carry an encoded
+    /// record, soonest-expiring last.
+    pub async fn load_dht_records(&self, now: i64) -> Result<Vec<DhtRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key_hash, value_data, node_id, ttl, expires_at, record, origin
+             FROM meshcore_dht WHERE expires_at > ?1 AND record IS NOT NULL
+             ORDER BY expires_at DESC",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| DhtRow {
+                key_hash: row.get(0),
+                value_data: row.get(1),
+                node_id: row.get(2),
+                ttl: row.get(3),
+                expires_at: row.get(4),
+                record: row.get(5),
+                origin: row.get(6),
+            })
+            .collect())
+    }
+
     /// Row counts of the mesh tables.
     pub async fn table_counts(&self) -> Result<TableCounts, StoreError> {
         let row = sqlx::query(
@@ -322,6 +424,67 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn dht_row(key: &str, expires_at: i64) -> DhtRow {
+        DhtRow {
+            key_hash: key.to_owned(),
+            value_data: key.as_bytes().to_vec(),
+            node_id: String::new(),
+            ttl: 60,
+            expires_at,
+            record: vec![1, 2, 3],
+            origin: "replica".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn dht_records_are_replaced_removed_and_expired_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(DATABASE_FILE);
+        let store = Store::open(&path).await.expect("open");
+        let mut replaced = dht_row("a", 2_000);
+        replaced.value_data = b"newer".to_vec();
+        replaced.origin = "published".to_owned();
+        store
+            .apply_dht_changes(&[
+                DhtChange::Put(dht_row("a", 1_000)),
+                DhtChange::Put(dht_row("b", 1_000)),
+                DhtChange::Put(dht_row("c", 500)),
+                DhtChange::Put(replaced.clone()),
+                DhtChange::Remove("b".to_owned()),
+            ])
+            .await
+            .expect("apply");
+        store.close().await.expect("close");
+
+        let store = Store::open(&path).await.expect("reopen");
+        assert_eq!(
+            store.load_dht_records(100).await.expect("load"),
+            vec![replaced.clone(), dht_row("c", 500)]
+        );
+        assert_eq!(
+            store.load_dht_records(500).await.expect("load"),
+            vec![replaced.clone()],
+            "a record expiring now is not loaded"
+        );
+        store
+            .apply_dht_changes(&[DhtChange::RemoveExpired(600)])
+            .await
+            .expect("expire");
+        assert_eq!(store.table_counts().await.expect("counts").dht_records, 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_dht_row_changes_nothing() {
+        let store = Store::open_in_memory().await.expect("open");
+        let mut bad = dht_row("b", 1_000);
+        bad.origin = "stolen".to_owned();
+        let result = store
+            .apply_dht_changes(&[DhtChange::Put(dht_row("a", 1_000)), DhtChange::Put(bad)])
+            .await;
+        assert!(result.is_err(), "the CHECK on origin refuses the row");
+        assert_eq!(store.table_counts().await.expect("counts").dht_records, 0);
+    }
+
     #[tokio::test]
     async fn a_file_database_runs_in_wal_mode_with_the_current_schema() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -329,7 +492,7 @@ mod tests {
             .await
             .expect("open");
         assert_eq!(store.journal_mode().await.expect("pragma"), "wal");
-        assert_eq!(store.schema_version().await.expect("version"), 1);
+        assert_eq!(store.schema_version().await.expect("version"), 2);
         store.close().await.expect("close");
     }
 
@@ -428,7 +591,7 @@ mod tests {
         store.close().await.expect("close");
 
         let store = Store::open(&path).await.expect("reopen");
-        assert_eq!(store.schema_version().await.expect("version"), 1);
+        assert_eq!(store.schema_version().await.expect("version"), 2);
         assert_eq!(store.setting_overrides().await.expect("load"), changes);
     }
 

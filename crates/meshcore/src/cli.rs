@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod dht;
 mod id;
 mod peers;
 mod run;
@@ -40,6 +41,8 @@ pub enum Command {
     Peers(peers::PeersArgs),
     /// Link a running node to another node.
     Connect(peers::ConnectArgs),
+    /// Store and find values in the DHT through a running node.
+    Dht(dht::DhtArgs),
     /// Measure the node against baselines in the same run (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run the protocol cores over thousands of simulated nodes, deterministically.
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => config::run(args),
         Command::Peers(args) => peers::list(args),
         Command::Connect(args) => peers::connect(args),
+        Command::Dht(args) => dht::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
     }

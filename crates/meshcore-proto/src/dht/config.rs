@@ -1,7 +1,8 @@
 //! Tunables of the DHT: [`DhtConfig`], with every default set in one place,
 //! [`DhtConfig::new`], and each field's doc stating its default. The protocol constants
-//! that are not tunable (value and message size limits) live beside the code they bound,
-//! in [`record`](crate::dht::record) and [`message`](crate::dht::message).
+//! that are not tunable (value, provider and message size limits) live beside the code they
+//! bound, in [`record`](crate::dht::record), [`provider`](crate::dht::provider) and
+//! [`message`](crate::dht::message).
 
 use std::time::Duration;
 
@@ -10,6 +11,10 @@ use crate::dht::message::MAX_PEERS_PER_RESPONSE;
 /// Default storage quota of one node for other nodes' records: 100 MiB (the seed's
 /// "100MB default per node", setting `dht_storage_bytes`).
 pub const DEFAULT_STORAGE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Default quota of one node for provider records: 16 MiB, room for about 13,800 records
+/// with a maximal `info` (1,216 bytes counted each), or 690 full topics.
+pub const DEFAULT_PROVIDER_STORAGE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Tunables of a [`DhtNode`](crate::dht::DhtNode). [`DhtConfig::new`] sets every default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,11 @@ pub struct DhtConfig {
     /// Bytes of other nodes' records this node stores, setting `dht_storage_bytes`
     /// (default [`DEFAULT_STORAGE_BYTES`], 100 MiB).
     pub dht_storage_bytes: u64,
+    /// Bytes of provider records this node stores, its own included, as counted by
+    /// [`ProviderRecord::stored_size`](crate::dht::ProviderRecord::stored_size); a quota
+    /// separate from `dht_storage_bytes` (default [`DEFAULT_PROVIDER_STORAGE_BYTES`],
+    /// 16 MiB).
+    pub provider_storage_bytes: u64,
     /// Seed of the node's random number generator (refresh targets).
     pub rng_seed: u64,
 }
@@ -73,6 +83,7 @@ impl DhtConfig {
             refresh_interval: Duration::from_secs(3600),
             expiry_sweep_interval: Duration::from_secs(60),
             dht_storage_bytes: DEFAULT_STORAGE_BYTES,
+            provider_storage_bytes: DEFAULT_PROVIDER_STORAGE_BYTES,
             rng_seed,
         }
     }
@@ -154,6 +165,7 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert_eq!((config.k, config.alpha), (20, 3));
         assert_eq!(config.dht_storage_bytes, 100 * 1024 * 1024);
+        assert_eq!(config.provider_storage_bytes, 16 * 1024 * 1024);
     }
 
     #[test]

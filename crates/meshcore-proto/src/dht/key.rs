@@ -3,7 +3,8 @@
 //! A node sits at `SHA-256(node id)` ([`Key::for_node`]); an immutable record at
 //! `SHA-256(value)` ([`Key::for_value`]); a mutable record at
 //! `SHA-256("meshcore-dht-mutable-v1" || owner || salt)` ([`Key::for_mutable`]), so only
-//! its owner can ever produce a record for it. Distances compare as 256-bit big-endian
+//! its owner can ever produce a record for it; the providers of a service name gather at
+//! `SHA-256("meshcore-dht-service-v1" || 0 || name)` ([`Key::for_topic`]). Distances compare as 256-bit big-endian
 //! integers, which makes "closer" a total order and `a ^ t == b ^ t` imply `a == b`.
 
 use std::fmt;
@@ -21,6 +22,9 @@ pub const KEY_BITS: usize = KEY_LEN * 8;
 
 /// Domain tag hashed in front of a mutable record's owner and salt.
 const MUTABLE_KEY_TAG: &[u8] = b"meshcore-dht-mutable-v1";
+
+/// Domain tag hashed in front of a service name to give its topic key.
+const TOPIC_KEY_TAG: &[u8] = b"meshcore-dht-service-v1";
 
 /// A point in the 256-bit Kademlia key space.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,6 +58,16 @@ impl Key {
         hasher.update([0]);
         hasher.update(owner.as_bytes());
         hasher.update(salt);
+        Self(hasher.finalize().into())
+    }
+
+    /// The topic key of a service name: where the
+    /// [provider records](crate::dht::provider::ProviderRecord) of that name gather.
+    pub fn for_topic(name: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(TOPIC_KEY_TAG);
+        hasher.update([0]);
+        hasher.update(name);
         Self(hasher.finalize().into())
     }
 
@@ -169,6 +183,17 @@ mod tests {
             Key::for_value(b"abc").to_string(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn topic_keys_are_domain_separated() {
+        assert_eq!(Key::for_topic(b"printer"), Key::for_topic(b"printer"));
+        assert_ne!(Key::for_topic(b"printer"), Key::for_topic(b"scanner"));
+        assert_ne!(Key::for_topic(b"printer"), Key::for_value(b"printer"));
+        let mut tagged = TOPIC_KEY_TAG.to_vec();
+        tagged.push(0);
+        tagged.extend_from_slice(b"printer");
+        assert_eq!(Key::for_topic(b"printer"), Key::for_value(&tagged));
     }
 
     proptest! {

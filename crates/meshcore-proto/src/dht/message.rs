@@ -4,10 +4,12 @@
 //! id, and the sender matches it to the request *and* the peer it was sent to, so a node
 //! cannot answer for another. Node ids travel as their 32 raw bytes and are checked to be
 //! valid Ed25519 keys while decoding; a list of peers is cut off at
-//! [`MAX_PEERS_PER_RESPONSE`] before any id is checked. [`decode`] refuses more than
-//! [`MAX_MESSAGE_LEN`] bytes, trailing bytes, and records beyond their size limits, and it
-//! never panics, whatever the bytes. Signatures are checked later, by the node, only for
-//! records it is about to store or return.
+//! [`MAX_PEERS_PER_RESPONSE`] before any id is checked; a list of provider records is read
+//! with at most one record beyond [`MAX_PROVIDERS_PER_TOPIC`] checked. [`decode`] refuses
+//! more than [`MAX_MESSAGE_LEN`] bytes, trailing bytes, records and provider records beyond
+//! their size limits, and more than [`MAX_PROVIDERS_PER_TOPIC`] provider records in an
+//! answer; it never panics, whatever the bytes. Signatures are checked later, by the node,
+//! only for records it is about to store or return.
 
 use std::fmt;
 
@@ -15,10 +17,18 @@ use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::dht::key::Key;
+use crate::dht::provider::{ProviderRecord, MAX_PROVIDERS_PER_TOPIC, MAX_PROVIDER_INFO};
 use crate::dht::record::{Record, RecordError, MAX_SALT_LEN, MAX_VALUE_SIZE};
 use crate::identity::{NodeId, NODE_ID_LEN};
 
 /// Largest encoded message: a maximal value plus 2 KiB for everything around it.
+///
+/// The largest answer of another kind, [`Response::Providers`] with
+/// [`MAX_PROVIDERS_PER_TOPIC`] records of [`MAX_PROVIDER_INFO`] bytes and
+/// [`MAX_PEERS_PER_RESPONSE`] peers, takes 24,518 bytes: 20 × 1,174 per record (topic 32,
+/// provider 32, info length 2 and info 1,024, sequence number and expiry 10 each as
+/// varints, signature 64), 1 + 32 × 32 for the peers, 1 for the record count, and 12 for
+/// the message and response tags and the request id.
 pub const MAX_MESSAGE_LEN: usize = MAX_VALUE_SIZE + 2048;
 
 /// Most node ids in one answer (the bound on `k`).
@@ -68,6 +78,17 @@ pub enum Request {
         /// The record; its key is derived from it.
         record: Record,
     },
+    /// Please list this provider under its topic. Answered by [`Response::Stored`].
+    AddProvider {
+        /// The signed provider record.
+        record: ProviderRecord,
+    },
+    /// Which providers of `topic` do you hold, and which nodes do you know closest to it?
+    /// Answered by [`Response::Providers`].
+    GetProviders {
+        /// The topic key ([`Key::for_topic`] of a service name).
+        topic: Key,
+    },
 }
 
 /// What a node answers.
@@ -89,10 +110,19 @@ pub enum Response {
         #[serde(with = "node_id_list_bytes")]
         closer: Vec<NodeId>,
     },
-    /// Whether I stored the record, and if not, why.
+    /// Whether I stored the record (or provider record), and if not, why.
     Stored {
         /// `Ok` if stored.
         result: Result<(), RecordError>,
+    },
+    /// The providers I hold for the topic asked for, and the nodes I know closest to it.
+    Providers {
+        /// At most [`MAX_PROVIDERS_PER_TOPIC`], latest expiry first.
+        #[serde(with = "provider_list")]
+        providers: Vec<ProviderRecord>,
+        /// Closest first (at most [`MAX_PEERS_PER_RESPONSE`]).
+        #[serde(with = "node_id_list_bytes")]
+        closer: Vec<NodeId>,
     },
 }
 
@@ -144,6 +174,26 @@ pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
         if matches!(record, Record::Mutable(mutable) if mutable.salt.len() > MAX_SALT_LEN) {
             return Err(WireError::Invalid("record salt too long"));
         }
+    }
+    let providers = match &message {
+        Message::Request {
+            request: Request::AddProvider { record },
+            ..
+        } => std::slice::from_ref(record),
+        Message::Response {
+            response: Response::Providers { providers, .. },
+            ..
+        } => providers.as_slice(),
+        _ => &[],
+    };
+    if providers.len() > MAX_PROVIDERS_PER_TOPIC {
+        return Err(WireError::Invalid("too many provider records"));
+    }
+    if providers
+        .iter()
+        .any(|record| record.info.len() > MAX_PROVIDER_INFO)
+    {
+        return Err(WireError::Invalid("provider info too large"));
     }
     Ok(message)
 }
@@ -204,9 +254,64 @@ mod node_id_list_bytes {
     }
 }
 
+/// A list of [`ProviderRecord`]s. Past [`MAX_PROVIDERS_PER_TOPIC`] + 1 entries the rest
+/// are read without checking their provider keys and dropped, so that [`decode`] refuses the
+/// overlong list as [`WireError::Invalid`] after checking at most one key too many.
+mod provider_list {
+    use super::*;
+    use crate::dht::record::RecordSignature;
+    use crate::dht::time::Timestamp;
+
+    /// A provider record's fields in wire order, with the provider key left unchecked.
+    type UncheckedProviderRecord = (
+        Key,
+        [u8; NODE_ID_LEN],
+        Vec<u8>,
+        u64,
+        Timestamp,
+        RecordSignature,
+    );
+
+    pub(super) fn serialize<S: Serializer>(
+        records: &[ProviderRecord],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(records)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<ProviderRecord>, D::Error> {
+        deserializer.deserialize_seq(ProviderListVisitor)
+    }
+
+    struct ProviderListVisitor;
+
+    impl<'de> Visitor<'de> for ProviderListVisitor {
+        type Value = Vec<ProviderRecord>;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(formatter, "a list of provider records")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut records = Vec::new();
+            while records.len() <= MAX_PROVIDERS_PER_TOPIC {
+                match seq.next_element::<ProviderRecord>()? {
+                    Some(record) => records.push(record),
+                    None => return Ok(records),
+                }
+            }
+            while seq.next_element::<UncheckedProviderRecord>()?.is_some() {}
+            Ok(records)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dht::key::KEY_LEN;
     use crate::dht::record::{MutableRecord, RecordSignature};
     use crate::dht::time::Timestamp;
     use crate::identity::NodeKeypair;
@@ -270,13 +375,40 @@ mod tests {
         ]
     }
 
+    /// Provider records with arbitrary (mostly invalid) signatures: the wire does not check
+    /// them.
+    fn provider_strategy() -> impl Strategy<Value = ProviderRecord> {
+        (
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..=MAX_PROVIDER_INFO),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(topic, provider, info, seq, expires, half)| {
+                let mut signature = [0u8; 64];
+                signature[32..].copy_from_slice(&half);
+                ProviderRecord {
+                    topic: Key::from_bytes(topic),
+                    provider: node_id(provider),
+                    info,
+                    seq,
+                    expires_at: Timestamp::from_millis(expires),
+                    signature: RecordSignature(signature),
+                }
+            })
+    }
+
     fn message_strategy() -> impl Strategy<Value = Message> {
         let key = any::<[u8; 32]>().prop_map(Key::from_bytes);
         let request = prop_oneof![
             Just(Request::Ping),
             key.clone().prop_map(|target| Request::FindNode { target }),
-            key.prop_map(|key| Request::FindValue { key }),
+            key.clone().prop_map(|key| Request::FindValue { key }),
             record_strategy().prop_map(|record| Request::Store { record }),
+            provider_strategy().prop_map(|record| Request::AddProvider { record }),
+            key.prop_map(|topic| Request::GetProviders { topic }),
         ];
         let response = prop_oneof![
             Just(Response::Pong),
@@ -286,6 +418,11 @@ mod tests {
             proptest::option::of(record_error_strategy()).prop_map(|error| Response::Stored {
                 result: error.map_or(Ok(()), Err)
             }),
+            (
+                proptest::collection::vec(provider_strategy(), 0..=MAX_PROVIDERS_PER_TOPIC),
+                peers_strategy()
+            )
+                .prop_map(|(providers, closer)| Response::Providers { providers, closer }),
         ];
         prop_oneof![
             (any::<u64>(), request).prop_map(|(id, request)| Message::Request {
@@ -320,6 +457,107 @@ mod tests {
         let bytes = encode(&message);
         assert!(bytes.len() <= MAX_MESSAGE_LEN, "{} bytes", bytes.len());
         assert_eq!(decode(&bytes), Ok(message));
+    }
+
+    fn maximal_provider(seed: u64) -> ProviderRecord {
+        let keys = NodeKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed));
+        ProviderRecord::sign(
+            &keys,
+            Key::for_topic(b"printer"),
+            vec![0xee; MAX_PROVIDER_INFO],
+            u64::MAX,
+            Timestamp::MAX,
+        )
+        .expect("within limits")
+    }
+
+    #[test]
+    fn a_maximal_providers_answer_fits_the_limit() {
+        let message = Message::Response {
+            id: RequestId(u64::MAX),
+            response: Response::Providers {
+                providers: (0..MAX_PROVIDERS_PER_TOPIC as u64)
+                    .map(maximal_provider)
+                    .collect(),
+                closer: (0..MAX_PEERS_PER_RESPONSE as u64).map(node_id).collect(),
+            },
+        };
+        let bytes = encode(&message);
+        // The computation in the documentation of `MAX_MESSAGE_LEN`.
+        assert_eq!(bytes.len(), 24_518);
+        assert!(bytes.len() <= MAX_MESSAGE_LEN);
+        assert_eq!(decode(&bytes), Ok(message));
+        let request = Message::Request {
+            id: RequestId(u64::MAX),
+            request: Request::AddProvider {
+                record: maximal_provider(1),
+            },
+        };
+        assert_eq!(decode(&encode(&request)), Ok(request));
+    }
+
+    #[test]
+    fn too_many_providers_are_refused() {
+        let providers: Vec<ProviderRecord> = (0..=MAX_PROVIDERS_PER_TOPIC as u64 + 5)
+            .map(|seed| {
+                let mut record = maximal_provider(seed);
+                record.info.truncate(10);
+                record
+            })
+            .collect();
+        for count in [MAX_PROVIDERS_PER_TOPIC + 1, providers.len()] {
+            let bytes = encode(&Message::Response {
+                id: RequestId(1),
+                response: Response::Providers {
+                    providers: providers[..count].to_vec(),
+                    closer: vec![],
+                },
+            });
+            assert_eq!(
+                decode(&bytes),
+                Err(WireError::Invalid("too many provider records"))
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_provider_info_is_refused() {
+        let mut record = maximal_provider(1);
+        record.info.push(0);
+        let request = encode(&Message::Request {
+            id: RequestId(1),
+            request: Request::AddProvider {
+                record: record.clone(),
+            },
+        });
+        let response = encode(&Message::Response {
+            id: RequestId(1),
+            response: Response::Providers {
+                providers: vec![maximal_provider(2), record],
+                closer: vec![],
+            },
+        });
+        for bytes in [request, response] {
+            assert_eq!(
+                decode(&bytes),
+                Err(WireError::Invalid("provider info too large"))
+            );
+        }
+    }
+
+    #[test]
+    fn a_provider_with_an_invalid_key_is_refused() {
+        let mut bytes = encode(&Message::Request {
+            id: RequestId(1),
+            request: Request::AddProvider {
+                record: maximal_provider(1),
+            },
+        });
+        // Message tag, id, request tag, then the 32-byte topic; the provider key follows.
+        let start = 3 + KEY_LEN;
+        bytes[start..start + NODE_ID_LEN].copy_from_slice(&[0xff; NODE_ID_LEN]);
+        bytes[start] = 0x02;
+        assert!(matches!(decode(&bytes), Err(WireError::Undecodable(_))));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::dht::kbucket::{InsertOutcome, RoutingTable};
 use crate::dht::key::{Key, KEY_LEN};
 use crate::dht::lookup::{Lookup, LookupConfig, LookupStep};
 use crate::dht::message::{Message, Request, RequestId, Response};
+use crate::dht::provider::{ProviderRecord, ProviderStore};
 use crate::dht::record::{Record, RecordError};
 use crate::dht::store::{MemoryRecordStore, RecordOrigin, RecordStore};
 use crate::dht::time::Timestamp;
@@ -43,12 +44,12 @@ pub struct QueryStats {
     pub finished_at: Timestamp,
 }
 
-/// What a `put` achieved.
+/// What a `put` (or an `add_provider`) achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PutSummary {
     /// Nodes that stored the record (besides this one).
     pub stored: u32,
-    /// Nodes that refused it (quota, stale sequence number, …).
+    /// Nodes that refused it (quota, full topic, stale sequence number, …).
     pub refused: u32,
     /// Nodes that did not answer.
     pub failed: u32,
@@ -110,6 +111,32 @@ pub enum DhtEvent {
         /// How it went.
         stats: QueryStats,
     },
+    /// An [`add_provider`](DhtNode::add_provider) query is over.
+    AddProviderFinished {
+        /// The query.
+        query: QueryId,
+        /// The provider record's topic.
+        topic: Key,
+        /// How many nodes stored it, or why this node refused it.
+        result: Result<PutSummary, QueryError>,
+        /// How it went.
+        stats: QueryStats,
+    },
+    /// A [`get_providers`](DhtNode::get_providers) query is over.
+    GetProvidersFinished {
+        /// The query.
+        query: QueryId,
+        /// The topic searched.
+        topic: Key,
+        /// The valid providers from this node and every node that answered, one per
+        /// provider (the highest sequence number), latest expiry first; at most
+        /// [`MAX_PROVIDERS_PER_TOPIC`](crate::dht::MAX_PROVIDERS_PER_TOPIC), those that
+        /// expire last. If the query could not start (`max_queries` were running), only this
+        /// node's entries, with `stats.requests` 0.
+        providers: Vec<ProviderRecord>,
+        /// How it went.
+        stats: QueryStats,
+    },
     /// A [`bootstrap`](DhtNode::bootstrap) query is over.
     BootstrapFinished {
         /// The query.
@@ -119,8 +146,8 @@ pub enum DhtEvent {
         /// How it went.
         stats: QueryStats,
     },
-    /// A peer sent something no honest node sends (a forged record, an answer of the wrong
-    /// kind). The driver may count it against the peer.
+    /// A peer sent something no honest node sends (a forged record or provider record, an
+    /// answer of the wrong kind). The driver may count it against the peer.
     PeerMisbehaved {
         /// The peer.
         peer: NodeId,
@@ -145,6 +172,13 @@ pub struct DhtCounters {
     pub request_timeouts: u64,
     /// Records refused when offered by a STORE.
     pub records_refused: u64,
+    /// Provider records refused when offered by an ADD_PROVIDER (for any reason: stale,
+    /// full topic, quota, bad signature, …).
+    pub providers_refused: u64,
+    /// Provider records dropped as forged: a signature that does not verify (in an
+    /// ADD_PROVIDER or an answer), or a record for another topic than asked (in an answer).
+    /// Each comes with a [`DhtEvent::PeerMisbehaved`].
+    pub provider_records_forged: u64,
     /// Messages dropped because the transmit queue was full.
     pub transmits_dropped: u64,
     /// Events dropped because the event queue was full.
@@ -155,9 +189,9 @@ pub struct DhtCounters {
 enum RequestPurpose {
     /// Probing the least recently seen entry of a full bucket.
     Probe,
-    /// A FIND_NODE or FIND_VALUE for a query's lookup.
+    /// A FIND_NODE, FIND_VALUE or GET_PROVIDERS for a query's lookup.
     Lookup(QueryId),
-    /// A STORE for a put query.
+    /// A STORE for a put query, or an ADD_PROVIDER for an add-provider query.
     Store(QueryId),
 }
 
@@ -178,11 +212,47 @@ enum QueryKind {
     },
     Put {
         record: Record,
-        /// Republications by the timer report no event.
-        report: bool,
-        storing: Option<PutSummary>,
-        outstanding: u32,
+        phase: StorePhase,
     },
+    AddProvider {
+        record: ProviderRecord,
+        phase: StorePhase,
+    },
+    GetProviders {
+        /// The providers found so far, merged by the provider store's rules.
+        found: ProviderStore,
+    },
+}
+
+impl QueryKind {
+    /// The store phase of a put or add-provider query.
+    fn store_phase_mut(&mut self) -> Option<&mut StorePhase> {
+        match self {
+            Self::Put { phase, .. } | Self::AddProvider { phase, .. } => Some(phase),
+            _ => None,
+        }
+    }
+}
+
+/// What a put or add-provider query does once its lookup is over: send the record to the
+/// k closest nodes and count their answers.
+#[derive(Debug)]
+struct StorePhase {
+    /// Republications by the timer report no event.
+    report: bool,
+    /// `Some` once the requests are sent.
+    storing: Option<PutSummary>,
+    outstanding: u32,
+}
+
+impl StorePhase {
+    fn new(report: bool) -> Self {
+        Self {
+            report,
+            storing: None,
+            outstanding: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -205,8 +275,9 @@ struct Query {
 ///    [`poll_timeout`](Self::poll_timeout) is reached;
 /// 2. give commands as the user asks: [`add_peer`](Self::add_peer),
 ///    [`bootstrap`](Self::bootstrap), [`find_node`](Self::find_node), [`get`](Self::get),
-///    [`put`](Self::put); each query's outcome comes later as a [`DhtEvent`] carrying the
-///    returned [`QueryId`];
+///    [`put`](Self::put), [`add_provider`](Self::add_provider),
+///    [`remove_provider`](Self::remove_provider), [`get_providers`](Self::get_providers);
+///    each query's outcome comes later as a [`DhtEvent`] carrying the returned [`QueryId`];
 /// 3. after every input or command, drain [`poll_transmit`](Self::poll_transmit) (send each
 ///    message to its peer; a message that cannot be delivered may be dropped — it will time
 ///    out) and [`poll_event`](Self::poll_event), then ask
@@ -224,16 +295,18 @@ struct Query {
 /// [`DhtConfig::max_requests_in_flight`] (their deadline queue holds at most twice that). Transmit and event queues:
 /// [`DhtConfig::max_queued_transmits`] and [`DhtConfig::max_queued_events`]. Routing table:
 /// k entries and one pending entry per bucket. Stored records: the byte quota
-/// [`DhtConfig::dht_storage_bytes`] enforced by the [`RecordStore`]. Peers per lookup:
-/// `8 k`.
+/// [`DhtConfig::dht_storage_bytes`] enforced by the [`RecordStore`]. Provider records:
+/// [`MAX_PROVIDERS_PER_TOPIC`](crate::dht::MAX_PROVIDERS_PER_TOPIC) per topic and the byte
+/// quota [`DhtConfig::provider_storage_bytes`] ([`ProviderStore`]); as many per
+/// get-providers query. Peers per lookup: `8 k`.
 ///
 /// # Timers
 ///
 /// Per-request timeouts ([`DhtConfig::request_timeout`]; a silent peer is dropped from the
 /// routing table and its bucket's pending entry takes its place), per-query timeouts,
 /// bucket refresh with a self-lookup ([`DhtConfig::refresh_interval`]), republication of
-/// the records this node published ([`DhtConfig::republish_interval`]) and the expiry
-/// sweep ([`DhtConfig::expiry_sweep_interval`]).
+/// the records and provider records this node published ([`DhtConfig::republish_interval`])
+/// and the expiry sweep of both stores ([`DhtConfig::expiry_sweep_interval`]).
 #[derive(Debug)]
 pub struct DhtNode<S: RecordStore = MemoryRecordStore> {
     config: DhtConfig,
@@ -241,6 +314,7 @@ pub struct DhtNode<S: RecordStore = MemoryRecordStore> {
     local_key: Key,
     table: RoutingTable,
     store: S,
+    providers: ProviderStore,
     rng: ChaCha8Rng,
     queries: BTreeMap<QueryId, Query>,
     next_query_id: u64,
@@ -254,6 +328,8 @@ pub struct DhtNode<S: RecordStore = MemoryRecordStore> {
     next_republish: Timestamp,
     next_expiry_sweep: Timestamp,
     republish_backlog: VecDeque<Key>,
+    /// Topics of this node's own provider records still to re-send this round.
+    provider_republish_backlog: VecDeque<Key>,
     /// A query could not send because `max_requests_in_flight` was reached.
     starved: bool,
     counters: DhtCounters,
@@ -279,6 +355,7 @@ impl<S: RecordStore> DhtNode<S> {
         let local_key = Key::for_node(&local_id);
         let table = RoutingTable::new(local_key, config.k, config.request_timeout * 2);
         Ok(Self {
+            providers: ProviderStore::new(config.provider_storage_bytes),
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             next_refresh: now.saturating_add(config.refresh_interval),
             next_republish: now.saturating_add(config.republish_interval),
@@ -296,6 +373,7 @@ impl<S: RecordStore> DhtNode<S> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             republish_backlog: VecDeque::new(),
+            provider_republish_backlog: VecDeque::new(),
             starved: false,
             counters: DhtCounters::default(),
         })
@@ -326,6 +404,17 @@ impl<S: RecordStore> DhtNode<S> {
     /// The record store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The provider store.
+    pub fn provider_store(&self) -> &ProviderStore {
+        &self.providers
+    }
+
+    /// The providers of `topic` this node holds, its own included, not expired at `now`;
+    /// latest expiry first.
+    pub fn local_providers(&self, topic: &Key, now: Timestamp) -> Vec<ProviderRecord> {
+        self.providers.get(topic, now)
     }
 
     /// Running totals.
@@ -392,14 +481,15 @@ impl<S: RecordStore> DhtNode<S> {
         for id in expired {
             if let Some(query) = self.queries.get_mut(&id) {
                 query.lookup.finish();
-                if let QueryKind::Put { outstanding, .. } = &mut query.kind {
-                    *outstanding = 0;
+                if let Some(phase) = query.kind.store_phase_mut() {
+                    phase.outstanding = 0;
                 }
             }
             self.drive_query(now, id);
         }
         if now >= self.next_expiry_sweep {
             self.store.remove_expired(now);
+            self.providers.remove_expired(now);
             self.next_expiry_sweep = now.saturating_add(self.config.expiry_sweep_interval);
         }
         if now >= self.next_refresh {
@@ -409,6 +499,10 @@ impl<S: RecordStore> DhtNode<S> {
         if now >= self.next_republish {
             if self.republish_backlog.is_empty() {
                 self.republish_backlog.extend(self.store.published_keys());
+            }
+            if self.provider_republish_backlog.is_empty() {
+                self.provider_republish_backlog
+                    .extend(self.providers.published_topics());
             }
             self.next_republish = now.saturating_add(self.config.republish_interval);
         }
@@ -486,6 +580,61 @@ impl<S: RecordStore> DhtNode<S> {
         self.start_put(now, record, true)
     }
 
+    /// Announces this node as a provider of `record.topic`: stores the record here (as
+    /// published, so it is re-sent every [`DhtConfig::republish_interval`] until it
+    /// expires or [`remove_provider`](Self::remove_provider) is called) and sends it to the
+    /// k nodes closest to the topic. The record must name this node as provider (else
+    /// [`RecordError::NotOwner`]), be valid, expire within [`DhtConfig::max_record_ttl`],
+    /// and carry a higher sequence number than this node's entry for the topic. Reported by
+    /// [`DhtEvent::AddProviderFinished`].
+    pub fn add_provider(&mut self, now: Timestamp, record: ProviderRecord) -> QueryId {
+        let topic = record.topic;
+        let accepted = if record.provider == self.local_id {
+            self.accept_provider(now, record.clone(), RecordOrigin::Published)
+        } else {
+            Err(RecordError::NotOwner)
+        };
+        if let Err(error) = accepted {
+            let query = self.allocate_query_id();
+            self.emit(DhtEvent::AddProviderFinished {
+                query,
+                topic,
+                result: Err(QueryError::Record(error)),
+                stats: QueryStats {
+                    started_at: now,
+                    finished_at: now,
+                    ..QueryStats::default()
+                },
+            });
+            return query;
+        }
+        self.start_add_provider(now, record, true)
+    }
+
+    /// Stops announcing this node as a provider of `topic`: removes its own entry here, so
+    /// it is neither served nor re-sent, and returns it. Copies held by other nodes stay
+    /// until they expire.
+    pub fn remove_provider(&mut self, topic: &Key) -> Option<ProviderRecord> {
+        let local_id = self.local_id;
+        self.provider_republish_backlog
+            .retain(|pending| pending != topic);
+        self.providers.remove(topic, &local_id)
+    }
+
+    /// Finds the providers of `topic`: a lookup towards it that asks every node it meets
+    /// for the providers it holds, merges them with this node's own entries (one per
+    /// provider, the highest sequence number) and runs until the lookup converges. Records
+    /// that do not verify are dropped and their sender reported. Reported by
+    /// [`DhtEvent::GetProvidersFinished`].
+    pub fn get_providers(&mut self, now: Timestamp, topic: Key) -> QueryId {
+        let mut found = ProviderStore::new(u64::MAX);
+        for record in self.providers.get(&topic, now) {
+            // Entries of one topic from a store with the same bound always fit.
+            let _ = found.put(record, RecordOrigin::Replica, now);
+        }
+        self.start_query(now, topic, QueryKind::GetProviders { found })
+    }
+
     // ---- outputs ----
 
     /// The next message to send, with its destination.
@@ -552,6 +701,24 @@ impl<S: RecordStore> DhtNode<S> {
                 }
                 Response::Stored { result }
             }
+            Request::AddProvider { record } => {
+                let result = self.accept_provider(now, record, RecordOrigin::Replica);
+                if let Err(error) = &result {
+                    self.counters.providers_refused += 1;
+                    if *error == RecordError::BadSignature {
+                        self.counters.provider_records_forged += 1;
+                        self.emit_misbehaviour(
+                            *from,
+                            "offered a provider record with a bad signature",
+                        );
+                    }
+                }
+                Response::Stored { result }
+            }
+            Request::GetProviders { topic } => Response::Providers {
+                providers: self.providers.get(&topic, now),
+                closer: self.closest_ids(&topic, from),
+            },
         }
     }
 
@@ -594,6 +761,22 @@ impl<S: RecordStore> DhtNode<S> {
         self.store.put(record, origin, now)
     }
 
+    /// Validates a provider record and stores it by the provider store's rules.
+    fn accept_provider(
+        &mut self,
+        now: Timestamp,
+        record: ProviderRecord,
+        origin: RecordOrigin,
+    ) -> Result<(), RecordError> {
+        record.validate(now)?;
+        if record.expires_at > now.saturating_add(self.config.max_record_ttl) {
+            return Err(RecordError::ExpiresTooLate {
+                max_ttl_secs: self.config.max_record_ttl.as_secs(),
+            });
+        }
+        self.providers.put(record, origin, now)
+    }
+
     fn on_response(&mut self, now: Timestamp, request: OutboundRequest, response: Response) {
         match request.purpose {
             RequestPurpose::Probe => {}
@@ -605,11 +788,15 @@ impl<S: RecordStore> DhtNode<S> {
                     return;
                 };
                 query.stats.answers += 1;
-                if let QueryKind::Put {
+                let reason = match query.kind {
+                    QueryKind::AddProvider { .. } => "answered an ADD_PROVIDER with another kind",
+                    _ => "answered a STORE with another kind",
+                };
+                if let Some(StorePhase {
                     storing: Some(summary),
                     outstanding,
                     ..
-                } = &mut query.kind
+                }) = query.kind.store_phase_mut()
                 {
                     *outstanding = outstanding.saturating_sub(1);
                     match response {
@@ -617,10 +804,7 @@ impl<S: RecordStore> DhtNode<S> {
                         Response::Stored { result: Err(_) } => summary.refused += 1,
                         _ => {
                             summary.failed += 1;
-                            self.emit_misbehaviour(
-                                request.peer,
-                                "answered a STORE with another kind",
-                            );
+                            self.emit_misbehaviour(request.peer, reason);
                         }
                     }
                 }
@@ -641,9 +825,10 @@ impl<S: RecordStore> DhtNode<S> {
             return;
         };
         query.stats.answers += 1;
-        let (closer, record) = match response {
-            Response::Nodes { closer } => (closer, None),
-            Response::Value { record, closer } => (closer, Some(record)),
+        let (closer, record, providers) = match response {
+            Response::Nodes { closer } => (closer, None, None),
+            Response::Value { record, closer } => (closer, Some(record), None),
+            Response::Providers { providers, closer } => (closer, None, Some(providers)),
             Response::Pong | Response::Stored { .. } => {
                 query.stats.failures += 1;
                 query.lookup.on_failure(&request.peer_key);
@@ -676,6 +861,37 @@ impl<S: RecordStore> DhtNode<S> {
                 _ => forged = true,
             }
         }
+        if let Some(providers) = providers {
+            let target = *query.lookup.target();
+            match &mut query.kind {
+                QueryKind::GetProviders { found } => {
+                    let mut valid = Vec::with_capacity(providers.len());
+                    let mut forgeries: u64 = 0;
+                    for record in providers {
+                        if record.topic != target {
+                            forgeries += 1;
+                            continue;
+                        }
+                        match record.validate(now) {
+                            Ok(()) => valid.push(record),
+                            // Expired on the way, or by a slightly different clock.
+                            Err(RecordError::Expired) => {}
+                            Err(_) => forgeries += 1,
+                        }
+                    }
+                    if forgeries == 0 {
+                        for record in valid {
+                            // Stale copies and losers of a full list are simply not kept.
+                            let _ = found.put(record, RecordOrigin::Replica, now);
+                        }
+                    } else {
+                        self.counters.provider_records_forged += forgeries;
+                        forged = true;
+                    }
+                }
+                _ => forged = true,
+            }
+        }
         if forged {
             query.stats.failures += 1;
             query.lookup.on_failure(&request.peer_key);
@@ -701,12 +917,12 @@ impl<S: RecordStore> DhtNode<S> {
             return;
         };
         query.stats.failures += 1;
-        match &mut query.kind {
-            QueryKind::Put {
+        match query.kind.store_phase_mut() {
+            Some(StorePhase {
                 storing: Some(summary),
                 outstanding,
                 ..
-            } => {
+            }) => {
                 *outstanding = outstanding.saturating_sub(1);
                 summary.failed += 1;
             }
@@ -757,6 +973,18 @@ impl<S: RecordStore> DhtNode<S> {
                     result: error,
                     stats,
                 },
+                QueryKind::AddProvider { .. } => DhtEvent::AddProviderFinished {
+                    query: id,
+                    topic: target,
+                    result: error,
+                    stats,
+                },
+                QueryKind::GetProviders { found } => DhtEvent::GetProvidersFinished {
+                    query: id,
+                    topic: target,
+                    providers: found.get(&target, now),
+                    stats,
+                },
             };
             self.emit(event);
             return id;
@@ -797,9 +1025,24 @@ impl<S: RecordStore> DhtNode<S> {
             key,
             QueryKind::Put {
                 record,
-                report,
-                storing: None,
-                outstanding: 0,
+                phase: StorePhase::new(report),
+            },
+        )
+    }
+
+    fn start_add_provider(
+        &mut self,
+        now: Timestamp,
+        record: ProviderRecord,
+        report: bool,
+    ) -> QueryId {
+        let topic = record.topic;
+        self.start_query(
+            now,
+            topic,
+            QueryKind::AddProvider {
+                record,
+                phase: StorePhase::new(report),
             },
         )
     }
@@ -810,11 +1053,11 @@ impl<S: RecordStore> DhtNode<S> {
             let Some(query) = self.queries.get_mut(&query_id) else {
                 return;
             };
-            if let QueryKind::Put {
+            if let Some(StorePhase {
                 storing: Some(_),
                 outstanding,
                 ..
-            } = &query.kind
+            }) = query.kind.store_phase_mut()
             {
                 if *outstanding == 0 {
                     self.finish_query(now, query_id);
@@ -833,6 +1076,7 @@ impl<S: RecordStore> DhtNode<S> {
                     let target = *query.lookup.target();
                     let request = match query.kind {
                         QueryKind::Get { .. } => Request::FindValue { key: target },
+                        QueryKind::GetProviders { .. } => Request::GetProviders { topic: target },
                         _ => Request::FindNode { target },
                     };
                     let peer_key = Key::for_node(&peer);
@@ -856,7 +1100,8 @@ impl<S: RecordStore> DhtNode<S> {
         }
     }
 
-    /// Moves a put whose lookup is over to its STORE phase; returns whether it did.
+    /// Moves a put or add-provider query whose lookup is over to its store phase (STORE or
+    /// ADD_PROVIDER to the k closest that answered); returns whether it did.
     fn start_storing(&mut self, now: Timestamp, query_id: QueryId) -> bool {
         let k = self.config.k;
         let room = self
@@ -866,24 +1111,32 @@ impl<S: RecordStore> DhtNode<S> {
         let Some(query) = self.queries.get_mut(&query_id) else {
             return false;
         };
-        let QueryKind::Put {
-            record,
-            storing: storing @ None,
-            outstanding,
-            ..
-        } = &mut query.kind
-        else {
-            return false;
+        let (request, phase) = match &mut query.kind {
+            QueryKind::Put { record, phase } => (
+                Request::Store {
+                    record: record.clone(),
+                },
+                phase,
+            ),
+            QueryKind::AddProvider { record, phase } => (
+                Request::AddProvider {
+                    record: record.clone(),
+                },
+                phase,
+            ),
+            _ => return false,
         };
+        if phase.storing.is_some() {
+            return false;
+        }
         let targets: Vec<NodeId> = query.lookup.closest_answered(k).copied().collect();
         let mut summary = PutSummary::default();
         let sendable = targets.len().min(room);
         summary.failed = (targets.len() - sendable) as u32;
-        *outstanding = sendable as u32;
-        *storing = Some(summary);
+        phase.outstanding = sendable as u32;
+        phase.storing = Some(summary);
         query.stats.hops = query.lookup.rounds(k);
         query.stats.requests += sendable as u32;
-        let record = record.clone();
         for peer in targets.into_iter().take(sendable) {
             let peer_key = Key::for_node(&peer);
             self.send_request(
@@ -891,9 +1144,7 @@ impl<S: RecordStore> DhtNode<S> {
                 peer,
                 peer_key,
                 RequestPurpose::Store(query_id),
-                Request::Store {
-                    record: record.clone(),
-                },
+                request.clone(),
             );
         }
         true
@@ -948,14 +1199,29 @@ impl<S: RecordStore> DhtNode<S> {
                     stats,
                 })
             }
-            QueryKind::Put {
-                report, storing, ..
-            } => report.then(|| DhtEvent::PutFinished {
+            QueryKind::Put { phase, .. } => phase.report.then(|| DhtEvent::PutFinished {
                 query: query_id,
                 key: target,
-                result: Ok(storing.unwrap_or_default()),
+                result: Ok(phase.storing.unwrap_or_default()),
                 stats,
             }),
+            QueryKind::AddProvider { phase, .. } => {
+                phase.report.then(|| DhtEvent::AddProviderFinished {
+                    query: query_id,
+                    topic: target,
+                    result: Ok(phase.storing.unwrap_or_default()),
+                    stats,
+                })
+            }
+            QueryKind::GetProviders { found } => {
+                stats.hops = lookup.rounds(k);
+                Some(DhtEvent::GetProvidersFinished {
+                    query: query_id,
+                    topic: target,
+                    providers: found.get(&target, now),
+                    stats,
+                })
+            }
         };
         if let Some(event) = event {
             self.emit(event);
@@ -995,14 +1261,20 @@ impl<S: RecordStore> DhtNode<S> {
         }
     }
 
-    /// Starts republications while at most half of `max_queries` run.
+    /// Starts republications of records, then of this node's provider records, while at
+    /// most half of `max_queries` run.
     fn drain_republish_backlog(&mut self, now: Timestamp) {
         while self.queries.len() < self.config.max_queries / 2 {
-            let Some(key) = self.republish_backlog.pop_front() else {
+            if let Some(key) = self.republish_backlog.pop_front() {
+                if let Some(record) = self.store.get(&key, now) {
+                    self.start_put(now, record, false);
+                }
+            } else if let Some(topic) = self.provider_republish_backlog.pop_front() {
+                if let Some(record) = self.providers.get_entry(&topic, &self.local_id, now) {
+                    self.start_add_provider(now, record, false);
+                }
+            } else {
                 return;
-            };
-            if let Some(record) = self.store.get(&key, now) {
-                self.start_put(now, record, false);
             }
         }
     }
@@ -1063,6 +1335,7 @@ impl<S: RecordStore> DhtNode<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dht::provider::MAX_PROVIDERS_PER_TOPIC;
     use crate::dht::record::MutableRecord;
     use crate::identity::NodeKeypair;
     use rand_chacha::ChaCha20Rng;
@@ -1108,6 +1381,17 @@ mod tests {
 
         fn node(&mut self, id: &NodeId) -> &mut DhtNode {
             self.nodes.get_mut(id).expect("node exists")
+        }
+
+        /// A new node with the key of `seed` joins through the first node at `now`.
+        fn join(&mut self, seed: u64, now: Timestamp) {
+            let id = keypair(seed).node_id();
+            let bootstrap = *self.nodes.keys().next().expect("a network has nodes");
+            let mut node = DhtNode::new(DhtConfig::new(seed), id, now).expect("valid");
+            node.add_peer(now, bootstrap);
+            node.bootstrap(now);
+            self.nodes.insert(id, node);
+            self.run(now);
         }
 
         fn ids(&self) -> Vec<NodeId> {
@@ -1369,5 +1653,458 @@ mod tests {
         node.handle_message(T0, impostor, answer);
         assert_eq!(node.counters().responses_unmatched, 1);
         assert_eq!(node.queries_running(), 1);
+    }
+
+    // ---- provider records ----
+
+    const PRINTER: &[u8] = b"printer";
+
+    fn provider_record(seed: u64, seq: u64, expires_at: Timestamp) -> ProviderRecord {
+        ProviderRecord::sign(
+            &keypair(seed),
+            Key::for_topic(PRINTER),
+            format!("printer of node {seed}").into_bytes(),
+            seq,
+            expires_at,
+        )
+        .expect("small info")
+    }
+
+    fn add_provider_finished(
+        network: &Network,
+        node: NodeId,
+        query: QueryId,
+    ) -> Option<Result<PutSummary, QueryError>> {
+        network.events.iter().find_map(|(id, event)| match event {
+            DhtEvent::AddProviderFinished {
+                query: q, result, ..
+            } if *id == node && *q == query => Some(result.clone()),
+            _ => None,
+        })
+    }
+
+    /// Runs a get-providers query from `resolver` at `now` and returns what it found.
+    fn resolve(network: &mut Network, resolver: NodeId, now: Timestamp) -> Vec<ProviderRecord> {
+        let query = network
+            .node(&resolver)
+            .get_providers(now, Key::for_topic(PRINTER));
+        network.run(now);
+        network
+            .events
+            .iter()
+            .find_map(|(id, event)| match event {
+                DhtEvent::GetProvidersFinished {
+                    query: q,
+                    topic,
+                    providers,
+                    stats,
+                } if *id == resolver && *q == query => {
+                    assert_eq!(*topic, Key::for_topic(PRINTER));
+                    assert!(stats.requests > 0, "the network was asked");
+                    Some(providers.clone())
+                }
+                _ => None,
+            })
+            .expect("the query finished")
+    }
+
+    fn provider_ids(providers: &[ProviderRecord]) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = providers.iter().map(|record| record.provider).collect();
+        ids.sort();
+        ids
+    }
+
+    fn add_provider_request(node: &mut DhtNode, from: NodeId, record: ProviderRecord) -> Response {
+        node.handle_message(
+            T0,
+            from,
+            Message::Request {
+                id: RequestId(9),
+                request: Request::AddProvider { record },
+            },
+        );
+        match node.poll_transmit() {
+            Some((to, Message::Response { id, response })) => {
+                assert_eq!((to, id), (from, RequestId(9)));
+                response
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn providers_registered_by_three_nodes_are_all_resolved_from_a_fourth() {
+        let mut network = Network::new(30);
+        let seeds = [3, 11, 17];
+        for seed in seeds {
+            let provider = keypair(seed).node_id();
+            let query = network
+                .node(&provider)
+                .add_provider(T0, provider_record(seed, 1, LATER));
+            network.run(T0);
+            let summary = add_provider_finished(&network, provider, query)
+                .expect("finished")
+                .expect("accepted");
+            assert_eq!(summary.stored, 20, "{summary:?}");
+            let held = network
+                .node(&provider)
+                .local_providers(&Key::for_topic(PRINTER), T0);
+            assert!(held.iter().any(|record| record.provider == provider));
+        }
+        let resolver = keypair(25).node_id();
+        let found = resolve(&mut network, resolver, T0);
+        let mut expected: Vec<NodeId> = seeds.iter().map(|seed| keypair(*seed).node_id()).collect();
+        expected.sort();
+        assert_eq!(provider_ids(&found), expected);
+        for record in &found {
+            assert_eq!(record.validate(T0), Ok(()));
+            let seed = seeds
+                .into_iter()
+                .find(|seed| keypair(*seed).node_id() == record.provider)
+                .expect("one of the providers");
+            assert_eq!(record.info, format!("printer of node {seed}").into_bytes());
+        }
+        assert!(network
+            .events
+            .iter()
+            .all(|(_, event)| !matches!(event, DhtEvent::PeerMisbehaved { .. })));
+    }
+
+    #[test]
+    fn forged_provider_records_are_refused_and_counted() {
+        let owner = keypair(100);
+        let forger = keypair(101);
+        let mut node = DhtNode::new(DhtConfig::new(1), keypair(102).node_id(), T0).expect("valid");
+        // The forger signs with its own key under the owner's name.
+        let mut wrong_key = provider_record(101, 1, LATER);
+        wrong_key.provider = owner.node_id();
+        // A genuine record with one bit of its info flipped.
+        let mut flipped = provider_record(100, 1, LATER);
+        flipped.info[0] ^= 0x01;
+        for forged in [wrong_key, flipped] {
+            assert_eq!(
+                add_provider_request(&mut node, forger.node_id(), forged),
+                Response::Stored {
+                    result: Err(RecordError::BadSignature)
+                }
+            );
+            assert_eq!(
+                node.poll_event(),
+                Some(DhtEvent::PeerMisbehaved {
+                    peer: forger.node_id(),
+                    reason: "offered a provider record with a bad signature"
+                })
+            );
+        }
+        assert!(node.provider_store().is_empty());
+        assert_eq!(node.counters().provider_records_forged, 2);
+        assert_eq!(node.counters().providers_refused, 2);
+        // The genuine record is accepted, from anyone.
+        assert_eq!(
+            add_provider_request(&mut node, forger.node_id(), provider_record(100, 1, LATER)),
+            Response::Stored { result: Ok(()) }
+        );
+        assert_eq!(
+            provider_ids(&node.local_providers(&Key::for_topic(PRINTER), T0)),
+            vec![owner.node_id()]
+        );
+    }
+
+    #[test]
+    fn a_forged_provider_record_in_an_answer_is_dropped_and_counted() {
+        let liar = keypair(2).node_id();
+        let mut flipped = provider_record(3, 1, LATER);
+        flipped.signature.0[7] ^= 0x10;
+        let other_topic =
+            ProviderRecord::sign(&keypair(4), Key::for_topic(b"scanner"), vec![], 1, LATER)
+                .expect("small info");
+        for (index, forged) in [flipped, other_topic].into_iter().enumerate() {
+            let mut node =
+                DhtNode::new(DhtConfig::new(1), keypair(1).node_id(), T0).expect("valid");
+            node.add_peer(T0, liar);
+            let query = node.get_providers(T0, Key::for_topic(PRINTER));
+            let Some((to, Message::Request { id, request })) = node.poll_transmit() else {
+                panic!("expected a request")
+            };
+            assert_eq!(
+                (to, request),
+                (
+                    liar,
+                    Request::GetProviders {
+                        topic: Key::for_topic(PRINTER)
+                    }
+                )
+            );
+            let answer = Response::Providers {
+                providers: vec![provider_record(5, 1, LATER), forged],
+                closer: vec![],
+            };
+            node.handle_message(
+                T0,
+                liar,
+                Message::Response {
+                    id,
+                    response: answer,
+                },
+            );
+            assert_eq!(node.counters().provider_records_forged, 1, "case {index}");
+            assert_eq!(
+                node.poll_event(),
+                Some(DhtEvent::PeerMisbehaved {
+                    peer: liar,
+                    reason: "sent an invalid or unrequested record"
+                })
+            );
+            match node.poll_event() {
+                Some(DhtEvent::GetProvidersFinished {
+                    query: q,
+                    providers,
+                    stats,
+                    ..
+                }) => {
+                    assert_eq!(q, query);
+                    // The whole answer of a lying peer is discarded.
+                    assert!(providers.is_empty());
+                    assert_eq!(stats.failures, 1);
+                }
+                other => panic!("expected the query to finish, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_merged_keeping_the_highest_sequence_number() {
+        let mut node = DhtNode::new(DhtConfig::new(1), keypair(1).node_id(), T0).expect("valid");
+        let peers = [keypair(2).node_id(), keypair(3).node_id()];
+        for peer in peers {
+            node.add_peer(T0, peer);
+        }
+        let query = node.get_providers(T0, Key::for_topic(PRINTER));
+        let mut requests = Vec::new();
+        while let Some((to, Message::Request { id, .. })) = node.poll_transmit() {
+            requests.push((to, id));
+        }
+        assert_eq!(requests.len(), 2);
+        for ((to, id), seq) in requests.into_iter().zip([2, 1]) {
+            let providers = vec![provider_record(7, seq, LATER), provider_record(8, 1, LATER)];
+            let response = Response::Providers {
+                providers,
+                closer: vec![],
+            };
+            node.handle_message(T0, to, Message::Response { id, response });
+        }
+        match node.poll_event() {
+            Some(DhtEvent::GetProvidersFinished {
+                query: q,
+                providers,
+                ..
+            }) => {
+                assert_eq!(q, query);
+                let seqs: BTreeMap<NodeId, u64> = providers
+                    .iter()
+                    .map(|record| (record.provider, record.seq))
+                    .collect();
+                assert_eq!(
+                    seqs,
+                    BTreeMap::from([(keypair(7).node_id(), 2), (keypair(8).node_id(), 1)])
+                );
+            }
+            other => panic!("expected the query to finish, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stale_provider_record_is_refused() {
+        let mut node = DhtNode::new(DhtConfig::new(1), keypair(1).node_id(), T0).expect("valid");
+        let from = keypair(2).node_id();
+        assert_eq!(
+            add_provider_request(&mut node, from, provider_record(5, 5, LATER)),
+            Response::Stored { result: Ok(()) }
+        );
+        for seq in [5, 4] {
+            assert_eq!(
+                add_provider_request(
+                    &mut node,
+                    from,
+                    provider_record(5, seq, Timestamp::from_millis(7_000_000))
+                ),
+                Response::Stored {
+                    result: Err(RecordError::Stale {
+                        stored: 5,
+                        offered: seq
+                    })
+                }
+            );
+        }
+        assert_eq!(node.counters().providers_refused, 2);
+        assert_eq!(node.counters().provider_records_forged, 0);
+        let held = node.local_providers(&Key::for_topic(PRINTER), T0);
+        assert_eq!(held, vec![provider_record(5, 5, LATER)]);
+        // The same rule holds for a node's own announcements.
+        let mut own = DhtNode::new(DhtConfig::new(1), keypair(5).node_id(), T0).expect("valid");
+        let first = own.add_provider(T0, provider_record(5, 3, LATER));
+        let again = own.add_provider(T0, provider_record(5, 3, LATER));
+        let results: Vec<(QueryId, Result<PutSummary, QueryError>)> =
+            std::iter::from_fn(|| own.poll_event())
+                .filter_map(|event| match event {
+                    DhtEvent::AddProviderFinished { query, result, .. } => Some((query, result)),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(
+            results,
+            vec![
+                (first, Ok(PutSummary::default())),
+                (
+                    again,
+                    Err(QueryError::Record(RecordError::Stale {
+                        stored: 3,
+                        offered: 3
+                    }))
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_announces_only_itself_and_within_the_ttl() {
+        let mut node = DhtNode::new(DhtConfig::new(1), keypair(1).node_id(), T0).expect("valid");
+        node.add_provider(T0, provider_record(2, 1, LATER));
+        node.add_provider(T0, provider_record(1, 1, Timestamp::MAX));
+        let errors: Vec<QueryError> = std::iter::from_fn(|| node.poll_event())
+            .filter_map(|event| match event {
+                DhtEvent::AddProviderFinished {
+                    result: Err(error), ..
+                } => Some(error),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                QueryError::Record(RecordError::NotOwner),
+                QueryError::Record(RecordError::ExpiresTooLate {
+                    max_ttl_secs: 48 * 3600
+                })
+            ]
+        );
+        assert!(node.provider_store().is_empty());
+    }
+
+    #[test]
+    fn a_provider_expires_unless_refreshed() {
+        let mut network = Network::new(30);
+        let provider = keypair(4).node_id();
+        let resolver = keypair(21).node_id();
+        let expires_at = T0.saturating_add(Duration::from_secs(600));
+        network
+            .node(&provider)
+            .add_provider(T0, provider_record(4, 1, expires_at));
+        network.run(T0);
+        assert_eq!(
+            provider_ids(&resolve(&mut network, resolver, T0)),
+            vec![provider]
+        );
+
+        // Past its expiry the record is no longer served, and the sweep drops it everywhere.
+        let after = expires_at.saturating_add(Duration::from_secs(60));
+        assert!(resolve(&mut network, resolver, after).is_empty());
+        for id in network.ids() {
+            network.node(&id).handle_timeout(after);
+        }
+        network.run(after);
+        for id in network.ids() {
+            assert!(network.node(&id).provider_store().is_empty());
+        }
+
+        // Announced again with a later expiry, it is back.
+        let renewed = after.saturating_add(Duration::from_secs(3600));
+        network
+            .node(&provider)
+            .add_provider(after, provider_record(4, 2, renewed));
+        network.run(after);
+        let found = resolve(&mut network, resolver, after);
+        assert_eq!(provider_ids(&found), vec![provider]);
+        assert_eq!(found[0].seq, 2);
+    }
+
+    #[test]
+    fn the_per_topic_bound_keeps_the_providers_that_expire_last() {
+        let mut network = Network::new(30);
+        let providers: Vec<u64> = (0..25).collect();
+        for seed in &providers {
+            let id = keypair(*seed).node_id();
+            // Provider `seed` expires `seed` minutes after LATER: the last 20 live longest.
+            let expires_at = LATER.saturating_add(Duration::from_secs(60 * seed));
+            network
+                .node(&id)
+                .add_provider(T0, provider_record(*seed, 1, expires_at));
+            network.run(T0);
+        }
+        let topic = Key::for_topic(PRINTER);
+        for id in network.ids() {
+            let held = network.node(&id).local_providers(&topic, T0);
+            assert!(held.len() <= MAX_PROVIDERS_PER_TOPIC, "{} held", held.len());
+        }
+        let found = resolve(&mut network, keypair(27).node_id(), T0);
+        let mut expected: Vec<NodeId> = (5..25).map(|seed| keypair(seed).node_id()).collect();
+        expected.sort();
+        assert_eq!(provider_ids(&found), expected);
+        // Latest expiry first.
+        assert!(found
+            .windows(2)
+            .all(|pair| pair[0].expires_at >= pair[1].expires_at));
+    }
+
+    #[test]
+    fn own_provider_records_are_republished_to_the_nodes_closest_now() {
+        let mut network = Network::new(30);
+        let provider = keypair(6).node_id();
+        let record = provider_record(6, 1, LATER.saturating_add(Duration::from_secs(3600)));
+        network.node(&provider).add_provider(T0, record.clone());
+        network.run(T0);
+        let joined_at = T0.saturating_add(Duration::from_secs(60));
+        for seed in 100..115 {
+            network.join(seed, joined_at);
+        }
+        let topic = Key::for_topic(PRINTER);
+        let mut closest = network.ids();
+        closest.retain(|id| *id != provider);
+        closest.sort_by_key(|id| Key::for_node(id).distance(&topic));
+        closest.truncate(20);
+        let holders = |network: &mut Network, at: Timestamp| {
+            closest
+                .iter()
+                .filter(|id| network.node(id).local_providers(&topic, at) == vec![record.clone()])
+                .count()
+        };
+        assert!(
+            holders(&mut network, joined_at) < 20,
+            "newcomers among the closest lack it"
+        );
+        let republish_at = T0.saturating_add(DhtConfig::new(0).republish_interval);
+        network.node(&provider).handle_timeout(republish_at);
+        network.run(republish_at);
+        assert_eq!(holders(&mut network, republish_at), 20);
+    }
+
+    #[test]
+    fn a_removed_provider_is_no_longer_served_or_republished() {
+        let mut network = Network::new(30);
+        let provider = keypair(6).node_id();
+        let topic = Key::for_topic(PRINTER);
+        let record = provider_record(6, 1, LATER);
+        network.node(&provider).add_provider(T0, record.clone());
+        network.run(T0);
+        let node = network.node(&provider);
+        assert_eq!(node.provider_store().published_topics(), vec![topic]);
+        assert_eq!(node.remove_provider(&topic), Some(record));
+        assert_eq!(node.remove_provider(&topic), None);
+        assert!(node.local_providers(&topic, T0).is_empty());
+        let sent = node.counters().requests_sent;
+        let republish_at = T0.saturating_add(DhtConfig::new(0).republish_interval);
+        node.handle_timeout(republish_at);
+        assert_eq!(node.counters().requests_sent, sent);
+        assert_eq!(node.poll_transmit(), None);
     }
 }
