@@ -324,6 +324,7 @@ enum Command {
     ),
     GetProviders(Key, oneshot::Sender<Vec<ProviderRecord>>),
     AddPeer(NodeId),
+    Sample(usize, oneshot::Sender<Vec<(NodeId, Vec<SocketAddr>)>>),
     PublishAddrs(Vec<SocketAddr>),
     Stats(oneshot::Sender<DhtStats>),
     Shutdown(oneshot::Sender<()>),
@@ -520,6 +521,14 @@ impl Dht {
     pub fn add_peer(&self, peer: NodeId, addrs: &[SocketAddr]) {
         self.book.add(peer, addrs);
         let _ = self.commands.try_send(Command::AddPeer(peer));
+    }
+
+    /// Up to `count` nodes of the routing table whose addresses are known (for DHT
+    /// discovery).
+    pub async fn sample_peers(&self, count: usize) -> Vec<(NodeId, Vec<SocketAddr>)> {
+        self.ask(|reply| Command::Sample(count, reply))
+            .await
+            .unwrap_or_default()
     }
 
     /// Publishes this node's addresses in its address record.
@@ -846,6 +855,19 @@ impl Driver {
                     self.last_bootstrap = Some(tokio::time::Instant::now());
                     self.node.bootstrap(at);
                 }
+            }
+            Command::Sample(count, reply) => {
+                let sample = self
+                    .node
+                    .routing_table()
+                    .entries()
+                    .filter_map(|entry| {
+                        let addrs = self.book.get(&entry.node);
+                        (!addrs.is_empty()).then_some((entry.node, addrs))
+                    })
+                    .take(count)
+                    .collect();
+                let _ = reply.send(sample);
             }
             Command::PublishAddrs(addrs) => {
                 if addrs != self.own_addrs {

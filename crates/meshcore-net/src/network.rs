@@ -40,6 +40,12 @@ pub const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Capacity of the actor's queues.
 const QUEUE: usize = 1024;
 
+/// Least time between two samples of the DHT's routing table (DHT discovery).
+const DHT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Nodes taken from the DHT's routing table per sample.
+const DHT_SAMPLE_SIZE: usize = 16;
+
 /// Received data frames waiting for their consumer.
 const FRAME_QUEUE: usize = 1024;
 
@@ -66,6 +72,9 @@ pub struct NetworkConfig {
     pub rng_seed: u64,
     /// Bytes of DHT records this node holds at most (setting `dht_storage_bytes`).
     pub dht_storage_bytes: u64,
+    /// Whether nodes in the DHT's routing table are offered to the peer manager while below
+    /// `min_links` (setting `dht_discovery`).
+    pub dht_discovery: bool,
 }
 
 /// A link as listed by `GET /v1/connections` (the specification's columns, and more).
@@ -324,6 +333,10 @@ impl Network {
             frames,
             dht,
             book,
+            dht_discovery: config.dht_discovery,
+            last_dht_sample: None,
+            min_links: config.min_links,
+            own_commands: network.commands.downgrade(),
             persist,
             pex: config.pex,
             lan,
@@ -563,6 +576,10 @@ struct Actor {
     frames: FrameSink,
     dht: Dht,
     book: AddressBook,
+    dht_discovery: bool,
+    last_dht_sample: Option<Instant>,
+    min_links: usize,
+    own_commands: mpsc::WeakSender<Command>,
     persist: mpsc::Sender<NodeRecord>,
     pex: bool,
     lan: Option<crate::lan::LanDiscovery>,
@@ -617,6 +634,7 @@ impl Actor {
                 }
             }
             self.run_actions();
+            self.sample_dht();
             self.link_count.send_if_modified(|count| {
                 let live = self.peers.links().len();
                 std::mem::replace(count, live) != live
@@ -672,6 +690,7 @@ impl Actor {
                 let _ = reply.send(self.current_link(&peer).cloned());
             }
             Command::SetLimits(min, max) => {
+                self.min_links = min;
                 self.peers.set_limits(min, max);
                 tracing::info!(min, max, "connection limits changed");
             }
@@ -947,6 +966,36 @@ impl Actor {
         if self.persist.try_send(record).is_err() {
             tracing::debug!(%peer, "known-node writer is behind; this update is dropped");
         }
+    }
+
+    /// While below `min_links`, offers nodes from the DHT's routing table (those with a
+    /// known address) to the peer manager, at most every [`DHT_SAMPLE_INTERVAL`].
+    fn sample_dht(&mut self) {
+        if !self.dht_discovery || self.peers.links().len() >= self.min_links {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_dht_sample
+            .is_some_and(|last| now.duration_since(last) < DHT_SAMPLE_INTERVAL)
+        {
+            return;
+        }
+        self.last_dht_sample = Some(now);
+        let (dht, commands) = (self.dht.clone(), self.own_commands.clone());
+        tokio::spawn(async move {
+            let Some(commands) = commands.upgrade() else {
+                return;
+            };
+            for (peer, addrs) in dht.sample_peers(DHT_SAMPLE_SIZE).await {
+                if commands
+                    .try_send(Command::Discovered(peer, addrs, DiscoverySource::Dht))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
     }
 
     async fn shutdown(&mut self) {

@@ -26,6 +26,7 @@ async fn network(seed: u64) -> Network {
         capabilities: Capabilities::empty(),
         rng_seed: seed,
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
+        dht_discovery: false,
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")

@@ -1,6 +1,6 @@
 //! The DHT driver over real QUIC on loopback: nodes learn of each other through the DHT,
-//! publish signed address records, and a node dials a node id it was never given an
-//! address for.
+//! publish signed address records, a node dials a node id it was never given an address
+//! for, and a node below `min_connections` links to nodes it found in the DHT.
 
 use std::time::Duration;
 
@@ -15,18 +15,23 @@ use rand_chacha::rand_core::SeedableRng;
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn network(seed: u64) -> Network {
+    network_with(seed, 0, false).await
+}
+
+async fn network_with(seed: u64, min_links: usize, dht_discovery: bool) -> Network {
     let keys = NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
     let config = NetworkConfig {
         listen: "127.0.0.1:0".parse().expect("address"),
         bootstrap: Vec::new(),
         lan: false,
         pex: false,
-        min_links: 0,
+        min_links,
         max_links: 8,
         relay_urls: Vec::new(),
         capabilities: Capabilities::empty(),
         rng_seed: seed,
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
+        dht_discovery,
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")
@@ -72,6 +77,39 @@ async fn a_node_id_alone_is_resolved_through_the_dht_and_dialed() {
     let stats = a.dht().stats().await.expect("stats");
     assert!(stats.routing_table_len >= 2, "{stats:?}");
     for network in [a, b, c] {
+        network.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_below_min_links_links_to_nodes_found_in_the_dht() {
+    // Peer exchange is off everywhere: the only way for a to find c and d is the DHT.
+    let a = network_with(21, 3, true).await;
+    let (b, c, d) = (network(22).await, network(23).await, network(24).await);
+    for other in [&c, &d] {
+        other
+            .connect(b.node_id(), b.listen_addrs(), WAIT)
+            .await
+            .expect("link to b");
+    }
+    a.connect(b.node_id(), b.listen_addrs(), WAIT)
+        .await
+        .expect("a–b");
+    let mut links = a.subscribe_link_count();
+    tokio::time::timeout(WAIT, links.wait_for(|n| *n >= 3))
+        .await
+        .expect("a reached min_links (3) through DHT discovery in time")
+        .expect("network running");
+    let linked: Vec<String> = a
+        .connections()
+        .await
+        .into_iter()
+        .map(|info| info.remote_node_id)
+        .collect();
+    for other in [&b, &c, &d] {
+        assert!(linked.contains(&other.node_id().to_hex()), "{linked:?}");
+    }
+    for network in [a, b, c, d] {
         network.shutdown().await;
     }
 }

@@ -160,6 +160,7 @@ impl Node {
                 capabilities: Capabilities::empty(),
                 rng_seed: rand::random(),
                 dht_storage_bytes: settings.dht_storage_bytes,
+                dht_discovery: settings.dht_discovery,
             },
             store.clone(),
         )

@@ -63,11 +63,13 @@ pub enum SettingKey {
     RelayUrls,
     /// `dht_storage_bytes`
     DhtStorageBytes,
+    /// `dht_discovery`
+    DhtDiscovery,
 }
 
 impl SettingKey {
     /// Every setting, in documentation order.
-    pub const ALL: [SettingKey; 16] = [
+    pub const ALL: [SettingKey; 17] = [
         Self::RelayBandwidth,
         Self::MaxConnections,
         Self::MinConnections,
@@ -84,6 +86,7 @@ impl SettingKey {
         Self::PexEnabled,
         Self::RelayUrls,
         Self::DhtStorageBytes,
+        Self::DhtDiscovery,
     ];
 
     /// The setting's name, as used in the API, the config file and the CLI.
@@ -105,6 +108,7 @@ impl SettingKey {
             Self::PexEnabled => "pex_enabled",
             Self::RelayUrls => "relay_urls",
             Self::DhtStorageBytes => "dht_storage_bytes",
+            Self::DhtDiscovery => "dht_discovery",
         }
     }
 
@@ -126,6 +130,7 @@ impl SettingKey {
             Self::LanDiscovery => "find nodes on the local network by mDNS; true or false; default true (--no-lan turns it off); applies at the next start",
             Self::PexEnabled => "exchange samples of known nodes with linked peers; true or false; default true; applies at the next start",
             Self::RelayUrls => "self-hosted iroh relay servers, as https:// URLs; default none (relays off); applies at the next start",
+            Self::DhtDiscovery => "link to nodes found in the DHT's routing table while below min_connections; true or false; default true; applies at the next start",
             Self::DhtStorageBytes => "bytes of DHT records this node holds at most (its own and others'); 65536 to 1099511627776; default 104857600 (100 MiB); applies at the next start",
         }
     }
@@ -252,6 +257,8 @@ pub struct Settings {
     pub relay_urls: Vec<String>,
     /// Bytes of DHT records held at most; default 100 MiB.
     pub dht_storage_bytes: u64,
+    /// Whether nodes found through the DHT are dialed; default true.
+    pub dht_discovery: bool,
 }
 
 impl Default for Settings {
@@ -273,6 +280,7 @@ impl Default for Settings {
             pex_enabled: true,
             relay_urls: Vec::new(),
             dht_storage_bytes: 100 * 1024 * 1024,
+            dht_discovery: true,
         }
     }
 }
@@ -616,6 +624,9 @@ impl Settings {
             }
             SettingKey::RelayUrls => {
                 self.relay_urls = text_list(key, value, "relay URLs", check_relay_url)?;
+            }
+            SettingKey::DhtDiscovery => {
+                self.dht_discovery = expect_value(key, value, "true or false")?;
             }
             SettingKey::DhtStorageBytes => {
                 let n = expect_value(key, value, "a whole number of bytes from 65536 to 2^40")?;

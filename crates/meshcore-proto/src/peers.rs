@@ -120,6 +120,8 @@ pub enum DiscoverySource {
     Store,
     /// It linked to us.
     Inbound,
+    /// Found in the DHT's routing table (with an address learned through the DHT).
+    Dht,
 }
 
 impl DiscoverySource {
@@ -132,6 +134,7 @@ impl DiscoverySource {
             Self::Pex => "pex",
             Self::Store => "store",
             Self::Inbound => "inbound",
+            Self::Dht => "dht",
         }
     }
 

@@ -203,6 +203,7 @@ async fn in_process_network(min_links: usize, bootstrap: Vec<String>) -> anyhow:
         capabilities: Capabilities::empty(),
         rng_seed: rand::random(),
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
+        dht_discovery: false,
     };
     Ok(Network::start(&keys, config, Store::open_in_memory().await?).await?)
 }
