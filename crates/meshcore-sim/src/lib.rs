@@ -5,11 +5,15 @@
 //! same run, to the message.
 //!
 //! **Architecture invariant:** the simulation itself never reads a clock and draws every
-//! random number from one RNG seeded by the configuration. The only wall-clock read is the
-//! timing of a whole run in [`dht::run_dht`], kept apart from the simulation.
+//! random number from RNGs seeded by the configuration. The only wall-clock reads are the
+//! timings of whole runs in [`dht::run_dht`] and [`route::run_route`], kept apart from the
+//! simulation.
 //!
 //! Modules:
 //! - [`dht`]: the Kademlia DHT at scale ([`dht::run_dht`]).
+//! - [`route`]: the mesh router on lines, rings, grids and random geometric graphs, with
+//!   link failures ([`route::run_route`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod dht;
+pub mod route;

@@ -193,6 +193,28 @@ async fn records_survive_a_restart_and_bad_requests_are_refused() {
         .expect("message")
         .contains("absent"));
 
+    // The CLI: put prints the key to share, get prints the value.
+    let api = node.api_host_port();
+    let mut command = std::process::Command::new(BINARY);
+    command.args(["dht", "put", "--api", &api, "motd", r#"{"text":"hi"}"#, "--ttl", "120"]);
+    let (ok, stdout, stderr) = run_to_end(command);
+    assert!(ok, "{stderr}");
+    let cli_key = format!("{}/motd", node.node_id);
+    assert!(stdout.starts_with(&cli_key), "{stdout}");
+    let mut command = std::process::Command::new(BINARY);
+    command.args(["dht", "get", "--api", &api, &cli_key]);
+    let (ok, stdout, stderr) = run_to_end(command);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"text":"hi"}"#);
+    let mut command = std::process::Command::new(BINARY);
+    command.args(["dht", "get", "--api", &api, &absent]);
+    let (ok, _, stderr) = run_to_end(command);
+    assert!(!ok && stderr.contains("404"), "{stderr}");
+    let mut command = std::process::Command::new(BINARY);
+    command.args(["dht", "put", "--api", &api, "k", "v", "--ttl", "0"]);
+    let (ok, _, stderr) = run_to_end(command);
+    assert!(!ok && stderr.contains("ttl"), "{stderr}");
+
     // Alone on the mesh, a put is still stored here (and nowhere else).
     let (status, stored) = put(&node, json!({"key": "kept", "value": "across restarts"})).await;
     assert_eq!(status, 200, "{stored}");
