@@ -15,6 +15,7 @@ use meshcore_store::Store;
 use serde::Serialize;
 use serde_json::json;
 
+mod dht;
 mod throughput;
 
 /// How long any single step of a benchmark may take.
@@ -44,6 +45,19 @@ enum BenchKind {
         /// Links held by the node whose memory is measured.
         #[arg(long, default_value_t = 50)]
         links: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The DHT on real processes: a value put on one node read from every other (put time,
+    /// get latency).
+    Dht {
+        /// Node processes, joined through the first.
+        #[arg(long, default_value_t = 20)]
+        nodes: usize,
+        /// Repeated reads per node after the first.
+        #[arg(long, default_value_t = 5)]
+        reads: usize,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -101,6 +115,7 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             links,
             json,
         } => runtime.block_on(links_bench(starts, setups, pings, links, json)),
+        BenchKind::Dht { nodes, reads, json } => runtime.block_on(dht::bench(nodes, reads, json)),
         BenchKind::Throughput {
             mib,
             frame,
@@ -115,6 +130,7 @@ struct ChildNode {
     child: std::process::Child,
     node_id: String,
     listen: SocketAddr,
+    api: String,
     _dir: tempfile::TempDir,
 }
 
@@ -157,6 +173,7 @@ impl ChildNode {
         Ok(Self {
             node_id: field("node_id")?,
             listen: field("listen")?.parse()?,
+            api: field("api")?,
             child,
             _dir: dir,
         })
@@ -164,6 +181,11 @@ impl ChildNode {
 
     fn id(&self) -> anyhow::Result<NodeId> {
         Ok(self.node_id.parse()?)
+    }
+
+    /// The URL of `path` on the node's API.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
     }
 
     fn address(&self) -> String {
