@@ -9,6 +9,7 @@
 //!
 //! Modules:
 //! - [`dht`]: the Kademlia DHT (routing table, lookups, records, the `DhtNode` state machine).
+//! - [`e2e`]: end-to-end encryption of routed payloads (X25519 + HKDF-SHA256 → AES-256-GCM, replay window).
 //! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
 //! - [`link`]: the link protocol messages and link quality.
 //! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).
@@ -16,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod dht;
+pub mod e2e;
 pub mod identity;
 pub mod link;
 pub mod peers;
