@@ -9,6 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use meshcore_net::routing::{Delivery, RouteError, RouteInfo, Routing};
 use meshcore_net::{ConnectError, ConnectionInfo};
 use meshcore_node::settings::SettingsPatch;
 use meshcore_node::{Node, NodeInfo, NodeStats, SettingKey, Settings};
@@ -50,6 +51,9 @@ pub(crate) fn router(node: Node) -> Router {
             )),
         )
         .route("/dht/get", get(dht_get))
+        .route("/route/find", post(route_find))
+        .route("/routes", get(routes))
+        .route("/messages", post(send_message).get(messages))
         .route("/services", post(register_service))
         .route("/services/{name}", get(resolve_service))
         .route("/openapi.json", get(openapi))
@@ -275,6 +279,7 @@ pub(crate) async fn connect(
                     (StatusCode::BAD_REQUEST, "invalid_peer")
                 }
                 ConnectError::Blacklisted => (StatusCode::FORBIDDEN, "blacklisted"),
+                ConnectError::NotAllowed => (StatusCode::FORBIDDEN, "not_allowed"),
                 ConnectError::Full => (StatusCode::SERVICE_UNAVAILABLE, "full"),
                 ConnectError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 ConnectError::DialFailed(_) => (StatusCode::BAD_GATEWAY, "dial_failed"),
@@ -433,5 +438,160 @@ pub(crate) async fn resolve_service(
 ) -> Result<Json<Vec<meshcore_node::records::ServiceProvider>>, ApiError> {
     Ok(Json(
         meshcore_node::records::resolve_service(node.network().dht(), &name).await?,
+    ))
+}
+
+/// Longest `POST /route/find` waits for a discovery.
+const ROUTE_FIND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Longest `POST /messages` waits for a route and the acknowledgement together.
+const MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn routing_of(node: &Node) -> Result<&Routing, ApiError> {
+    node.routing().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "routing_off",
+            "this node runs without the routing driver",
+        )
+    })
+}
+
+fn destination_of(text: &str) -> Result<NodeId, ApiError> {
+    text.parse().map_err(|error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_destination",
+            format!("destination: {error}"),
+        )
+    })
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> Self {
+        let (status, code) = match &error {
+            RouteError::ToSelf => (StatusCode::BAD_REQUEST, "invalid_destination"),
+            RouteError::PayloadTooLarge { .. } => (StatusCode::BAD_REQUEST, "invalid_payload"),
+            RouteError::NoRouteWithinMaxHops | RouteError::Unreachable(_) => {
+                (StatusCode::NOT_FOUND, "no_route")
+            }
+            RouteError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            RouteError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            RouteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+/// Body of `POST /route/find`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFindRequest {
+    /// The node id to find a route to.
+    destination: String,
+}
+
+/// Finds a route to a node: the known one, or the result of a discovery (RREQ flood with
+/// an expanding ring up to `max_hops`).
+#[utoipa::path(post, path = "/v1/route/find", tag = "routing",
+    request_body = RouteFindRequest,
+    responses(
+        (status = 200, description = "The selected route", body = RouteInfo),
+        (status = 400, description = "A malformed node id, or this node itself", body = crate::ErrorBody),
+        (status = 404, description = "No route within max_hops", body = crate::ErrorBody),
+        (status = 503, description = "Routing is busy or stopping", body = crate::ErrorBody),
+        (status = 504, description = "No answer in time", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn route_find(
+    State(node): State<Node>,
+    ApiJson(request): ApiJson<RouteFindRequest>,
+) -> Result<Json<RouteInfo>, ApiError> {
+    let destination = destination_of(&request.destination)?;
+    let route = routing_of(&node)?
+        .find_route(destination, ROUTE_FIND_TIMEOUT)
+        .await?;
+    Ok(Json(route))
+}
+
+/// Every route this node has selected.
+#[utoipa::path(get, path = "/v1/routes", tag = "routing",
+    responses(
+        (status = 200, description = "The route table", body = Vec<RouteInfo>),
+        (status = 503, description = "Routing is stopping", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn routes(State(node): State<Node>) -> Result<Json<Vec<RouteInfo>>, ApiError> {
+    Ok(Json(routing_of(&node)?.routes().await?))
+}
+
+/// Body of `POST /messages`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MessageRequest {
+    /// The node id to send to.
+    destination: String,
+    /// The message text. It is NOT end-to-end encrypted yet: links are encrypted hop by
+    /// hop, but relays on the path could read it.
+    payload: String,
+}
+
+/// Sends a message over the mesh and waits for the destination's acknowledgement. The
+/// payload is not end-to-end encrypted yet (links are encrypted hop by hop).
+#[utoipa::path(post, path = "/v1/messages", tag = "routing",
+    request_body = MessageRequest,
+    responses(
+        (status = 200, description = "Delivered and acknowledged", body = Delivery),
+        (status = 400, description = "A malformed node id, this node itself, or a payload too large", body = crate::ErrorBody),
+        (status = 404, description = "No route within max_hops", body = crate::ErrorBody),
+        (status = 503, description = "Routing is busy or stopping", body = crate::ErrorBody),
+        (status = 504, description = "No acknowledgement in time", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn send_message(
+    State(node): State<Node>,
+    ApiJson(request): ApiJson<MessageRequest>,
+) -> Result<Json<Delivery>, ApiError> {
+    let destination = destination_of(&request.destination)?;
+    let delivery = routing_of(&node)?
+        .send(
+            destination,
+            bytes::Bytes::from(request.payload.into_bytes()),
+            MESSAGE_TIMEOUT,
+        )
+        .await?;
+    Ok(Json(delivery))
+}
+
+/// A message delivered to this node, as `GET /messages` shows it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ReceivedMessageView {
+    /// The sender's node id.
+    source: String,
+    /// The message text (bytes that are not UTF-8 show as U+FFFD).
+    payload: String,
+    /// Links it crossed.
+    hops: u8,
+    /// Unix milliseconds when it arrived.
+    received_at: u64,
+}
+
+/// The last 256 messages delivered to this node, oldest first.
+#[utoipa::path(get, path = "/v1/messages", tag = "routing",
+    responses(
+        (status = 200, description = "Recent messages", body = Vec<ReceivedMessageView>),
+        (status = 503, description = "Routing is stopping", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn messages(
+    State(node): State<Node>,
+) -> Result<Json<Vec<ReceivedMessageView>>, ApiError> {
+    let received = routing_of(&node)?.received().await?;
+    Ok(Json(
+        received
+            .into_iter()
+            .map(|message| ReceivedMessageView {
+                source: message.source.to_hex(),
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                hops: message.hops,
+                received_at: message.received_at,
+            })
+            .collect(),
     ))
 }

@@ -21,6 +21,8 @@
 //! - [`network`]: the actor and its [`Network`](network::Network) handle.
 //! - [`lan`]: mDNS discovery on the local network.
 //! - [`persist`]: the batching writer of known nodes.
+//! - [`routing`]: the routing driver (the mesh router over the links' data frames:
+//!   forwarding, delivery, acknowledgements, the route table in `meshcore_routes`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod dht;
@@ -29,5 +31,6 @@ pub mod lan;
 pub mod link;
 pub mod network;
 pub mod persist;
+pub mod routing;
 
 pub use network::{ConnectError, ConnectionInfo, Network, NetworkConfig};

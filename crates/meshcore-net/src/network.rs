@@ -5,7 +5,7 @@
 //! after each it carries out the manager's actions. Link tasks and dial tasks run beside it
 //! and talk to it only through bounded channels.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ use crate::endpoint::{self, endpoint_id_of, node_id_of, EndpointError};
 use crate::link::{
     self, close_code, FrameSink, HandshakeError, LinkEvent, LinkHandle, ReceivedFrame,
 };
+use crate::routing::{Routing, RoutingOptions};
 
 /// How long a dial may take, handshake included.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +76,13 @@ pub struct NetworkConfig {
     /// Whether nodes in the DHT's routing table are offered to the peer manager while below
     /// `min_links` (setting `dht_discovery`).
     pub dht_discovery: bool,
+    /// The only nodes links are made with, inbound or outbound, whatever found them
+    /// (setting `allowed_peers`); empty: any node.
+    pub allowed_peers: Vec<NodeId>,
+    /// Start the routing driver (which then consumes every data frame, so
+    /// [`Network::take_frames`] returns `None`); `None`: no routing, frames are left for
+    /// [`Network::take_frames`].
+    pub routing: Option<RoutingOptions>,
 }
 
 /// A link as listed by `GET /v1/connections` (the specification's columns, and more).
@@ -137,6 +145,9 @@ pub enum ConnectError {
     /// No answer in time.
     #[error("no link within {0:?}")]
     Timeout(Duration),
+    /// The peer is not in the setting `allowed_peers`.
+    #[error("the peer is not in allowed_peers")]
+    NotAllowed,
     /// The network is stopping.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -151,6 +162,9 @@ pub enum NetworkError {
     /// The DHT could not start.
     #[error("cannot start the DHT: {0}")]
     Dht(String),
+    /// The routing settings cannot run.
+    #[error(transparent)]
+    Routing(#[from] meshcore_proto::route::RouteConfigError),
 }
 
 enum Command {
@@ -179,6 +193,7 @@ pub struct Network {
     link_count: watch::Receiver<usize>,
     frames: FrameSink,
     dht: Dht,
+    routing: Option<Routing>,
 }
 
 impl std::fmt::Debug for Command {
@@ -267,6 +282,7 @@ impl Network {
             )
             .spawn();
 
+        let allowed: BTreeSet<NodeId> = config.allowed_peers.iter().copied().collect();
         let mut peer_config = PeerManagerConfig::new(config.rng_seed);
         peer_config.min_links = config.min_links;
         peer_config.max_links = config.max_links;
@@ -282,6 +298,7 @@ impl Network {
                         continue;
                     };
                     if record.status != "blacklisted"
+                        && (allowed.is_empty() || allowed.contains(&id))
                         && peers.add_peer(now, id, &addrs, DiscoverySource::Store)
                     {
                         restored += 1;
@@ -293,6 +310,13 @@ impl Network {
                 tracing::warn!(%error, "could not load known nodes; starting without them")
             }
         }
+        let routing = match config.routing.clone() {
+            Some(options) => match frames.take_receiver() {
+                Some(receiver) => Some(Routing::start(keys, receiver, store.clone(), options)?),
+                None => None,
+            },
+            None => None,
+        };
         let (persist, writer) = crate::persist::spawn(store);
 
         let (link_count_tx, link_count) = watch::channel(0);
@@ -303,6 +327,7 @@ impl Network {
             link_count,
             frames: frames.clone(),
             dht: dht.clone(),
+            routing: routing.clone(),
         };
         for entry in &config.bootstrap {
             network.add_bootstrap(entry);
@@ -342,6 +367,8 @@ impl Network {
             lan,
             violations: 0,
             link_count: link_count_tx,
+            routing,
+            allowed,
         };
         tokio::spawn(actor.run(commands_rx, link_events_rx, dial_rx, writer));
         tracing::info!(node_id = %local, listen = ?listen_addrs, "network started");
@@ -397,6 +424,11 @@ impl Network {
     /// The DHT running on this node's endpoint.
     pub fn dht(&self) -> &Dht {
         &self.dht
+    }
+
+    /// The routing driver, if the network was started with one.
+    pub fn routing(&self) -> Option<&Routing> {
+        self.routing.as_ref()
     }
 
     /// The current link to `peer`, if there is one.
@@ -585,6 +617,9 @@ struct Actor {
     lan: Option<crate::lan::LanDiscovery>,
     violations: u64,
     link_count: watch::Sender<usize>,
+    routing: Option<Routing>,
+    /// Setting `allowed_peers`: when not empty, the only nodes linked with.
+    allowed: BTreeSet<NodeId>,
 }
 
 /// Most callers waiting on one peer's connection.
@@ -646,6 +681,10 @@ impl Actor {
         let now = Instant::now();
         match command {
             Command::Connect { peer, addrs, reply } => {
+                if !self.is_allowed(&peer) {
+                    let _ = reply.send(Err(ConnectError::NotAllowed));
+                    return;
+                }
                 if let Some(info) = self.current_link(&peer).map(|link| self.info(link)) {
                     let _ = reply.send(Ok(info));
                     return;
@@ -695,6 +734,9 @@ impl Actor {
                 tracing::info!(min, max, "connection limits changed");
             }
             Command::Discovered(peer, addrs, source) => {
+                if !self.is_allowed(&peer) {
+                    return;
+                }
                 self.book.add(peer, &addrs);
                 if self.peers.add_peer(now, peer, &addrs, source) {
                     tracing::info!(%peer, source = source.name(), ?addrs, "discovered a node");
@@ -709,6 +751,12 @@ impl Actor {
         let now = Instant::now();
         match event {
             LinkEvent::Handshaked { link, decision } => {
+                if !self.is_allowed(&link.peer) {
+                    tracing::debug!(peer = %link.peer, "link refused: not in allowed_peers");
+                    self.answer_waiters(link.peer, Err(ConnectError::NotAllowed));
+                    let _ = decision.send(Err(CloseReason::Blacklisted));
+                    return;
+                }
                 let mut addrs: Vec<SocketAddr> = link.remote_addr.into_iter().collect();
                 addrs.extend(
                     link.hello
@@ -729,6 +777,9 @@ impl Actor {
                     Ok(()) => {
                         tracing::info!(peer = %link.peer, direction = ?link.direction, addr = ?link.remote_addr, "link up");
                         self.dht.add_peer(link.peer, &addrs);
+                        if let Some(routing) = &self.routing {
+                            routing.link_up(link.clone());
+                        }
                         let info = self.info(&link);
                         self.links.insert(link.id, link.clone());
                         self.persist_peer(link.peer, "connected");
@@ -762,7 +813,12 @@ impl Actor {
                             }
                         }
                     }
-                    LinkMessage::PexResponse(list) if self.pex => {
+                    LinkMessage::PexResponse(mut list) if self.pex => {
+                        if !self.allowed.is_empty() {
+                            list.retain(|entry| {
+                                entry.id().is_some_and(|id| self.allowed.contains(&id))
+                            });
+                        }
                         let before: Vec<NodeId> = self.peers.known().keys().copied().collect();
                         let added = self.peers.handle_pex(now, peer, &list);
                         if added > 0 {
@@ -787,7 +843,11 @@ impl Actor {
                 tracing::warn!(%peer, %reason, violations = self.violations, "dropping a peer that broke the protocol");
                 self.peers.misbehaved(now, peer, &reason);
                 if let Some(id) = link {
-                    self.links.remove(&id);
+                    if self.links.remove(&id).is_some() {
+                        if let Some(routing) = &self.routing {
+                            routing.link_down(peer, id);
+                        }
+                    }
                 }
                 self.persist_peer(peer, "blacklisted");
                 self.answer_waiters(
@@ -800,6 +860,9 @@ impl Actor {
             LinkEvent::Closed { link, peer, reason } => {
                 if self.links.remove(&link).is_some() {
                     tracing::info!(%peer, %reason, "link down");
+                    if let Some(routing) = &self.routing {
+                        routing.link_down(peer, link);
+                    }
                     self.peers.link_down(now, peer, link);
                     if !self.peers.links().contains_key(&peer) {
                         self.persist_peer(peer, "disconnected");
@@ -812,6 +875,9 @@ impl Actor {
     fn run_actions(&mut self) {
         while let Some(action) = self.peers.poll_action() {
             match action {
+                PeerAction::Dial { peer, .. } if !self.is_allowed(&peer) => {
+                    self.peers.dial_failed(Instant::now(), peer);
+                }
                 PeerAction::Dial { peer, addrs } => self.dial(peer, addrs),
                 PeerAction::Close { peer, link, reason } => {
                     if let Some(handle) = self.links.get(&link) {
@@ -883,6 +949,11 @@ impl Actor {
                 }
             }
         });
+    }
+
+    /// Whether links with `peer` may be made (setting `allowed_peers`).
+    fn is_allowed(&self, peer: &NodeId) -> bool {
+        self.allowed.is_empty() || self.allowed.contains(peer)
     }
 
     fn is_current(&self, link: &LinkHandle) -> bool {
@@ -1010,6 +1081,9 @@ impl Actor {
                 let _ = waiter.send(Err(ConnectError::ShuttingDown));
             }
             tracing::debug!(%peer, "connect request cancelled by shutdown");
+        }
+        if let Some(routing) = &self.routing {
+            routing.shutdown().await;
         }
         self.dht.shutdown().await;
         if let Err(error) = self.router.shutdown().await {

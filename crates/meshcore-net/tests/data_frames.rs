@@ -27,6 +27,8 @@ async fn network(seed: u64) -> Network {
         rng_seed: seed,
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
         dht_discovery: false,
+        allowed_peers: Vec::new(),
+        routing: None,
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")

@@ -32,6 +32,8 @@ async fn network_with(seed: u64, min_links: usize, dht_discovery: bool) -> Netwo
         rng_seed: seed,
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
         dht_discovery,
+        allowed_peers: Vec::new(),
+        routing: None,
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")

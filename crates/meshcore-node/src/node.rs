@@ -13,8 +13,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use meshcore_net::routing::{Routing, RoutingOptions};
 use meshcore_net::{Network, NetworkConfig};
 use meshcore_proto::link::Capabilities;
 use meshcore_proto::{NodeId, NodeKeypair};
@@ -161,6 +162,16 @@ impl Node {
                 rng_seed: rand::random(),
                 dht_storage_bytes: settings.dht_storage_bytes,
                 dht_discovery: settings.dht_discovery,
+                allowed_peers: settings
+                    .allowed_peers
+                    .iter()
+                    .filter_map(|id| id.parse::<NodeId>().ok())
+                    .collect(),
+                routing: Some(RoutingOptions {
+                    max_hops: settings.max_hops,
+                    route_timeout: Duration::from_secs(settings.route_timeout),
+                    rng_seed: rand::random(),
+                }),
             },
             store.clone(),
         )
@@ -249,6 +260,11 @@ impl Node {
     /// The addresses of the peer-link socket.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.inner.network.listen_addrs()
+    }
+
+    /// The routing driver: routes, messages. Always running in a started node.
+    pub fn routing(&self) -> Option<&Routing> {
+        self.inner.network.routing()
     }
 
     /// The network: links, discovery, peer manager.

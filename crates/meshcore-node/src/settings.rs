@@ -65,11 +65,13 @@ pub enum SettingKey {
     DhtStorageBytes,
     /// `dht_discovery`
     DhtDiscovery,
+    /// `allowed_peers`
+    AllowedPeers,
 }
 
 impl SettingKey {
     /// Every setting, in documentation order.
-    pub const ALL: [SettingKey; 17] = [
+    pub const ALL: [SettingKey; 18] = [
         Self::RelayBandwidth,
         Self::MaxConnections,
         Self::MinConnections,
@@ -87,6 +89,7 @@ impl SettingKey {
         Self::RelayUrls,
         Self::DhtStorageBytes,
         Self::DhtDiscovery,
+        Self::AllowedPeers,
     ];
 
     /// The setting's name, as used in the API, the config file and the CLI.
@@ -109,6 +112,7 @@ impl SettingKey {
             Self::RelayUrls => "relay_urls",
             Self::DhtStorageBytes => "dht_storage_bytes",
             Self::DhtDiscovery => "dht_discovery",
+            Self::AllowedPeers => "allowed_peers",
         }
     }
 
@@ -120,8 +124,8 @@ impl SettingKey {
             Self::MinConnections => "fewest peer links the node tries to keep; 0 to max_connections; default 3",
             Self::TokensPerMb => "tokens charged per MB relayed; 0 to 1000000000; default 100",
             Self::TokenRate => "token exchange rate; a number above 0; default 100.0",
-            Self::MaxHops => "most hops a routed packet may travel; 1 to 255; default 10",
-            Self::RouteTimeout => "seconds a route lives without use; 1 to 604800; default 300",
+            Self::MaxHops => "most hops a routed packet may travel (the router uses at most 32); 1 to 255; default 10; applies at the next start",
+            Self::RouteTimeout => "seconds a route lives without use; 1 to 604800; default 300; applies at the next start",
             Self::StunServers => "STUN servers handed to browsers, as stun:HOST[:PORT] or stuns:HOST[:PORT]; default none",
             Self::TurnServers => "TURN servers handed to browsers, as objects {urls, username, credential} with turn: or turns: URLs; default none",
             Self::BootstrapUrls => "nodes to join the mesh through, as NODE_ID@HOST:PORT; default none",
@@ -131,6 +135,7 @@ impl SettingKey {
             Self::PexEnabled => "exchange samples of known nodes with linked peers; true or false; default true; applies at the next start",
             Self::RelayUrls => "self-hosted iroh relay servers, as https:// URLs; default none (relays off); applies at the next start",
             Self::DhtDiscovery => "link to nodes found in the DHT's routing table while below min_connections; true or false; default true; applies at the next start",
+            Self::AllowedPeers => "the only nodes this node links to, as node ids; links to and from any other node are refused (inbound, dialed, and found by discovery); default none (any node); applies at the next start",
             Self::DhtStorageBytes => "bytes of DHT records this node holds at most (its own and others'); 65536 to 1099511627776; default 104857600 (100 MiB); applies at the next start",
         }
     }
@@ -153,6 +158,7 @@ impl SettingKey {
                 | Self::CorsOrigins
                 | Self::TurnServers
                 | Self::RelayUrls
+                | Self::AllowedPeers
         )
     }
 
@@ -259,6 +265,8 @@ pub struct Settings {
     pub dht_storage_bytes: u64,
     /// Whether nodes found through the DHT are dialed; default true.
     pub dht_discovery: bool,
+    /// The only node ids links are made with; default none (any node).
+    pub allowed_peers: Vec<String>,
 }
 
 impl Default for Settings {
@@ -281,6 +289,7 @@ impl Default for Settings {
             relay_urls: Vec::new(),
             dht_storage_bytes: 100 * 1024 * 1024,
             dht_discovery: true,
+            allowed_peers: Vec::new(),
         }
     }
 }
@@ -627,6 +636,13 @@ impl Settings {
             }
             SettingKey::DhtDiscovery => {
                 self.dht_discovery = expect_value(key, value, "true or false")?;
+            }
+            SettingKey::AllowedPeers => {
+                self.allowed_peers = text_list(key, value, "node ids", |text| {
+                    text.parse::<NodeId>()
+                        .map(drop)
+                        .map_err(|error| format!("bad node id: {error}"))
+                })?;
             }
             SettingKey::DhtStorageBytes => {
                 let n = expect_value(key, value, "a whole number of bytes from 65536 to 2^40")?;
@@ -995,6 +1011,27 @@ mod tests {
                 .unwrap_or_default();
             assert_eq!(errors[0].field, field, "{bad}");
         }
+    }
+
+    #[test]
+    fn allowed_peers_take_node_ids_only() {
+        let settings = Settings::default()
+            .with_patch(&patch(json!({ "allowed_peers": [NODE] })), "test")
+            .expect("a node id is accepted");
+        assert_eq!(settings.allowed_peers, vec![NODE.to_owned()]);
+        assert_eq!(
+            SettingKey::AllowedPeers.value_from_text(&format!("{NODE},{NODE}")),
+            json!([NODE, NODE])
+        );
+        let errors = errors_of(
+            Settings::default().with_patch(&patch(json!({"allowed_peers": ["nope"]})), "test"),
+        );
+        assert_eq!(errors[0].field, "allowed_peers");
+        assert!(
+            errors[0].message.contains("bad node id"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

@@ -117,6 +117,25 @@ pub struct DhtRow {
     pub origin: String,
 }
 
+/// A row of `meshcore_routes`: a route this node has selected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteRow {
+    /// The destination's node id (64 hex characters).
+    pub destination_id: String,
+    /// The neighbour packets for the destination go to.
+    pub next_hop_id: String,
+    /// Hops to the destination (at least 1).
+    pub hop_count: i64,
+    /// 0.0 to 1.0, higher is better (derived from the route's metric).
+    pub path_quality: f64,
+    /// The route's metric (units of 0.1 ms; see the router's metric).
+    pub path_cost: f64,
+    /// The nodes on the path, next hop first, destination last.
+    pub path_nodes: Vec<String>,
+    /// Unix seconds when the route expires unless refreshed.
+    pub expires_at: i64,
+}
+
 /// A change to the DHT records, written in order by [`Store::apply_dht_changes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DhtChange {
@@ -389,6 +408,66 @@ impl Store {
             .collect())
     }
 
+    /// Makes `meshcore_routes` hold exactly `routes` (the routes selected now), in one
+    /// transaction: the old rows are deleted, the new ones inserted. Rows with a
+    /// `hop_count` below 1 are skipped (the table refuses them).
+    pub async fn replace_routes(&self, routes: &[RouteRow]) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("DELETE FROM meshcore_routes")
+            .execute(&mut *transaction)
+            .await?;
+        for route in routes.iter().filter(|route| route.hop_count >= 1) {
+            let path_nodes = serde_json::Value::from(route.path_nodes.clone()).to_string();
+            sqlx::query(
+                "INSERT INTO meshcore_routes
+                     (destination_id, next_hop_id, hop_count, path_quality, path_cost,
+                      path_nodes, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (destination_id, next_hop_id) DO UPDATE SET
+                     hop_count = excluded.hop_count,
+                     path_quality = excluded.path_quality,
+                     path_cost = excluded.path_cost,
+                     path_nodes = excluded.path_nodes,
+                     expires_at = excluded.expires_at",
+            )
+            .bind(&route.destination_id)
+            .bind(&route.next_hop_id)
+            .bind(route.hop_count)
+            .bind(route.path_quality)
+            .bind(route.path_cost)
+            .bind(path_nodes)
+            .bind(route.expires_at)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// The stored routes, by destination. Rows whose `path_nodes` do not parse are
+    /// returned with an empty path.
+    pub async fn load_routes(&self) -> Result<Vec<RouteRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT destination_id, next_hop_id, hop_count, path_quality, path_cost,
+                    path_nodes, expires_at
+             FROM meshcore_routes ORDER BY destination_id, next_hop_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| RouteRow {
+                destination_id: row.get(0),
+                next_hop_id: row.get(1),
+                hop_count: row.get(2),
+                path_quality: row.get(3),
+                path_cost: row.get(4),
+                path_nodes: serde_json::from_str(&row.get::<String, _>(5)).unwrap_or_default(),
+                expires_at: row.get(6),
+            })
+            .collect())
+    }
+
     /// Row counts of the mesh tables.
     pub async fn table_counts(&self) -> Result<TableCounts, StoreError> {
         let row = sqlx::query(
@@ -579,6 +658,38 @@ mod tests {
             store.columns("meshcore_settings").await.expect("columns"),
             ["key", "value", "updated_at"]
         );
+    }
+
+    fn route_row(destination: &str, next_hop: &str, hop_count: i64) -> RouteRow {
+        RouteRow {
+            destination_id: destination.to_owned(),
+            next_hop_id: next_hop.to_owned(),
+            hop_count,
+            path_quality: 0.5,
+            path_cost: 300.0,
+            path_nodes: vec![next_hop.to_owned(), destination.to_owned()],
+            expires_at: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_are_replaced_as_a_whole() {
+        let store = Store::open_in_memory().await.expect("open");
+        let first = vec![route_row("d1", "n1", 2), route_row("d2", "n1", 2)];
+        store.replace_routes(&first).await.expect("replace");
+        assert_eq!(store.load_routes().await.expect("load"), first);
+
+        let second = vec![route_row("d2", "n2", 3), route_row("d3", "n2", 0)];
+        store.replace_routes(&second).await.expect("replace");
+        assert_eq!(
+            store.load_routes().await.expect("load"),
+            vec![route_row("d2", "n2", 3)],
+            "old rows are gone and a zero-hop row is skipped"
+        );
+        assert_eq!(store.table_counts().await.expect("counts").routes, 1);
+
+        store.replace_routes(&[]).await.expect("replace");
+        assert!(store.load_routes().await.expect("load").is_empty());
     }
 
     #[tokio::test]

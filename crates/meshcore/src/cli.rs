@@ -5,6 +5,7 @@ mod config;
 mod dht;
 mod id;
 mod peers;
+mod route;
 mod run;
 mod sim;
 
@@ -43,6 +44,11 @@ pub enum Command {
     Connect(peers::ConnectArgs),
     /// Store and find values in the DHT through a running node.
     Dht(dht::DhtArgs),
+    /// Find routes through a running node.
+    Route(route::RouteArgs),
+    /// Send a message to another node over the mesh and wait for its acknowledgement (not
+    /// end-to-end encrypted yet).
+    Send(route::SendArgs),
     /// Measure the node against baselines in the same run (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run the protocol cores over thousands of simulated nodes, deterministically.
@@ -85,6 +91,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peers(args) => peers::list(args),
         Command::Connect(args) => peers::connect(args),
         Command::Dht(args) => dht::run(args),
+        Command::Route(args) => route::run(args),
+        Command::Send(args) => route::send(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
     }

@@ -4,8 +4,9 @@ use anyhow::{anyhow, Context};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-/// How long a command waits for the node to answer.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a command waits for the node to answer (longer than the node's own longest
+/// wait: 20 s for a message's route and acknowledgement).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A client for the node API at one base address.
 #[derive(Debug, Clone)]

@@ -226,6 +226,8 @@ async fn in_process_network(min_links: usize, bootstrap: Vec<String>) -> anyhow:
         rng_seed: rand::random(),
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
         dht_discovery: false,
+        allowed_peers: Vec::new(),
+        routing: None,
     };
     Ok(Network::start(&keys, config, Store::open_in_memory().await?).await?)
 }

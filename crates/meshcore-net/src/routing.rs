@@ -1,0 +1,1054 @@
+//! The routing driver: runs the sans-IO [`Router`] over the links' data frames, forwards
+//! packets hop by hop, and delivers the ones addressed to this node.
+//!
+//! # Frames
+//!
+//! Routing shares the links' data frames (see [`LinkHandle::try_send_data`]) and tells its
+//! frames apart by their first byte:
+//!
+//! ```text
+//! tag   frame                                 what
+//! 0x01  0x01 ‖ RouteMessage (postcard)        route control (hello, RREQ, RREP, RERR), to a neighbour
+//! 0x02  0x02 ‖ PacketHeader ‖ payload         a routed data packet
+//! 0x03  0x03 ‖ PacketHeader ‖ payload         a delivery acknowledgement, routed back to the
+//!                                              data packet's source like data
+//! ```
+//!
+//! A relay reads only the [`PacketHeader`] of a data or acknowledgement packet, decrements
+//! its hop limit in place ([`PacketHeader::forward_in_place`]) and passes the frame to
+//! [`Router::next_hop`]; the payload is never parsed, copied apart or re-serialised by a
+//! relay. A packet with no route or no hops left is dropped and counted.
+//!
+//! The end-to-end payload, which only the two ends read:
+//!
+//! - data: `initial_hop_limit: u8 ‖ message bytes` — the hop limit the source sent the
+//!   packet with, so the destination can tell how many hops it travelled;
+//! - acknowledgement: `initial_hop_limit: u8 ‖ hops: u8` — the acknowledged packet's hop
+//!   count; the header's `sequence` and `flow_id` are those of the acknowledged packet.
+//!
+//! A source sends with hop limit `max_hops − 1`: each relay needs one to pass the packet on,
+//! so a packet crosses at most `max_hops` links.
+//!
+//! **Message payloads are not end-to-end encrypted yet.** Links are encrypted hop by hop
+//! (QUIC), so nothing is readable on the wire, but every relay on the path could read a
+//! message's bytes. End-to-end encryption is being written separately and is not used here.
+//!
+//! # The driver
+//!
+//! One task owns the [`Router`], the current [`LinkHandle`] per neighbour and the waiters of
+//! [`Routing`] calls. It wakes for received frames, for link changes from the network actor
+//! ([`Routing::link_up`], [`Routing::link_down`]), for commands, for the router's timer, for
+//! a metrics tick (every hello interval: each link's RTT and loss go to
+//! [`Router::link_metric`]) and for a persistence tick (every [`PERSIST_INTERVAL`], the
+//! selected routes are handed to a writer task that replaces `meshcore_routes`, when they
+//! changed). After each input it drains the router's transmits and events. The store is
+//! never awaited by the driver.
+//!
+//! Bounds: command queue [`COMMAND_QUEUE`], link-change queue [`LINK_QUEUE`] (overflow is
+//! logged and dropped; a send on a closed link also takes it down), waiters per destination
+//! [`MAX_WAITERS_PER_DESTINATION`], unacknowledged messages [`MAX_PENDING_ACKS`],
+//! acknowledgements waiting for a route [`MAX_PENDING_ACK_PACKETS`], received messages kept
+//! [`RECEIVED_KEPT`], broadcast subscribers' backlog [`RECEIVED_KEPT`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use meshcore_proto::route::{
+    self, FindRouteError, LinkQuality, PacketHeader, Route, RouteConfigError, RouteEvent,
+    RouteLookup, Router, RouterConfig, Timestamp, HEADER_LEN, MAX_PATH_LEN,
+};
+use meshcore_proto::{NodeId, NodeKeypair};
+use meshcore_store::{RouteRow, Store};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::link::{LinkHandle, ReceivedFrame, SendError, MAX_DATA_FRAME};
+
+/// First byte of a route control frame.
+pub const TAG_ROUTE: u8 = 0x01;
+/// First byte of a routed data packet.
+pub const TAG_DATA: u8 = 0x02;
+/// First byte of a routed delivery acknowledgement.
+pub const TAG_ACK: u8 = 0x03;
+
+/// Largest message a data packet carries: a data frame less the tag, the header and the
+/// initial-hop-limit byte.
+pub const MAX_PAYLOAD: usize = MAX_DATA_FRAME - 1 - HEADER_LEN - 1;
+
+/// Flow id of messages sent with [`Routing::send`].
+pub const MESSAGE_FLOW: u32 = 1;
+
+/// Commands waiting for the driver.
+pub const COMMAND_QUEUE: usize = 1024;
+/// Link changes waiting for the driver.
+pub const LINK_QUEUE: usize = 1024;
+/// Most callers waiting for one destination's route.
+pub const MAX_WAITERS_PER_DESTINATION: usize = 16;
+/// Most sent messages waiting for their acknowledgement.
+pub const MAX_PENDING_ACKS: usize = 1024;
+/// Most acknowledgements waiting for a route back to their source.
+pub const MAX_PENDING_ACK_PACKETS: usize = 256;
+/// Received messages kept for [`Routing::received`] (the oldest is forgotten first).
+pub const RECEIVED_KEPT: usize = 256;
+/// Least time between two writes of the route table to the store.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(unix_millis())
+}
+
+/// What the routing driver needs at start.
+#[derive(Debug, Clone)]
+pub struct RoutingOptions {
+    /// Setting `max_hops`; values above the router's limit (32) are lowered to it.
+    pub max_hops: u32,
+    /// Setting `route_timeout`.
+    pub route_timeout: Duration,
+    /// Seed of the router's random choices.
+    pub rng_seed: u64,
+}
+
+/// A selected route, as `POST route/find` and `GET routes` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RouteInfo {
+    /// The destination's node id.
+    pub destination: String,
+    /// The neighbour packets for it go to.
+    pub next_hop: String,
+    /// Links to the destination.
+    pub hop_count: u8,
+    /// The nodes on the way, next hop first and destination last (this node not included).
+    pub path: Vec<String>,
+    /// 0.0 to 1.0, higher is better: `1 / (1 + path_cost / 1000)`, so a path costing
+    /// 100 ms of round trip scores 0.5.
+    pub path_quality: f64,
+    /// The route's metric: summed link costs in units of 0.1 ms of round trip, each link
+    /// also costing a fixed 10 ms hop cost.
+    pub path_cost: u32,
+    /// Unix seconds when the route expires unless refreshed.
+    pub expires_at: u64,
+}
+
+impl RouteInfo {
+    fn of(route: &Route) -> Self {
+        Self {
+            destination: route.destination.to_hex(),
+            next_hop: route.next_hop.to_hex(),
+            hop_count: route.hop_count,
+            path: route.path.iter().map(NodeId::to_hex).collect(),
+            path_quality: path_quality(route.metric),
+            path_cost: route.metric,
+            expires_at: route.expires_at.as_millis() / 1000,
+        }
+    }
+
+    fn row(&self) -> RouteRow {
+        RouteRow {
+            destination_id: self.destination.clone(),
+            next_hop_id: self.next_hop.clone(),
+            hop_count: i64::from(self.hop_count),
+            path_quality: self.path_quality,
+            path_cost: f64::from(self.path_cost),
+            path_nodes: self.path.clone(),
+            expires_at: i64::try_from(self.expires_at).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// The quality of a path of metric `cost`; see [`RouteInfo::path_quality`].
+pub fn path_quality(cost: u32) -> f64 {
+    1.0 / (1.0 + f64::from(cost) / 1000.0)
+}
+
+/// A message acknowledged by its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    /// Always true: a message that is not acknowledged is an error.
+    pub delivered: bool,
+    /// Links the message crossed.
+    pub hops: u8,
+    /// Milliseconds from sending to the acknowledgement.
+    pub rtt_ms: f64,
+}
+
+/// A message delivered to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The node that sent it.
+    pub source: NodeId,
+    /// Its bytes, as sent (not end-to-end encrypted yet).
+    pub payload: Bytes,
+    /// Links it crossed.
+    pub hops: u8,
+    /// Unix milliseconds when it arrived.
+    pub received_at: u64,
+}
+
+/// Why a routing call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Discovery ran to `max_hops` and its retries without an answer.
+    #[error("no route to the node within max_hops")]
+    NoRouteWithinMaxHops,
+    /// A route was known but the packet could not be sent on it (the route or the link
+    /// went away).
+    #[error("the node is unreachable: {0}")]
+    Unreachable(String),
+    /// The destination is this node.
+    #[error("a node needs no route to itself")]
+    ToSelf,
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The message is larger than a packet carries.
+    #[error("a message of {len} bytes is larger than the limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit, [`MAX_PAYLOAD`].
+        max: usize,
+    },
+    /// Too many discoveries or waiters right now.
+    #[error("routing is busy: {0}; try again")]
+    Busy(String),
+    /// The node is stopping.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Running totals of the driver (the router's own are in [`RoutingStats::router`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RoutingStats {
+    /// Packets passed on to a next hop.
+    pub packets_forwarded: u64,
+    /// Data packets delivered to this node.
+    pub packets_delivered: u64,
+    /// Acknowledgements received for this node's messages.
+    pub acks_received: u64,
+    /// Packets dropped: no route to their destination.
+    pub dropped_no_route: u64,
+    /// Packets dropped: hop limit used up.
+    pub dropped_hop_limit: u64,
+    /// Packets dropped: the next hop's link queue was full or closed.
+    pub dropped_link: u64,
+    /// Frames that did not decode (unknown tag, bad header, bad route message).
+    pub frames_malformed: u64,
+    /// Route control messages that could not be queued on their link.
+    pub control_dropped: u64,
+    /// Link changes lost because the driver's queue was full.
+    pub link_changes_dropped: u64,
+    /// Neighbours the router reported as misbehaving.
+    pub peers_misbehaved: u64,
+}
+
+enum Command {
+    FindRoute(NodeId, oneshot::Sender<Result<RouteInfo, RouteError>>),
+    Routes(oneshot::Sender<Vec<RouteInfo>>),
+    Send {
+        destination: NodeId,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<Delivery, RouteError>>,
+    },
+    Received(oneshot::Sender<Vec<ReceivedMessage>>),
+    Stats(oneshot::Sender<RoutingStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum LinkChange {
+    Up(LinkHandle),
+    Down(NodeId, meshcore_proto::peers::LinkId),
+}
+
+/// A handle to the routing driver. Clones share it.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    local: NodeId,
+    commands: mpsc::Sender<Command>,
+    links: mpsc::Sender<LinkChange>,
+    received: broadcast::Sender<ReceivedMessage>,
+    link_changes_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl Routing {
+    /// Starts the driver on the data frames of `frames`, persisting routes to `store`.
+    pub fn start(
+        keys: &NodeKeypair,
+        frames: mpsc::Receiver<ReceivedFrame>,
+        store: Store,
+        options: RoutingOptions,
+    ) -> Result<Self, RouteConfigError> {
+        let local = keys.node_id();
+        let mut config = RouterConfig::new(options.rng_seed);
+        let limit = u32::try_from(MAX_PATH_LEN).unwrap_or(32);
+        let max_hops = u8::try_from(options.max_hops.min(limit)).unwrap_or(32);
+        if u32::from(max_hops) < options.max_hops {
+            tracing::warn!(
+                max_hops = options.max_hops,
+                used = max_hops,
+                "max_hops is above what the router supports; using its limit"
+            );
+        }
+        config.max_hops = max_hops;
+        config.route_timeout = options.route_timeout;
+        if config.hello_interval >= config.route_timeout {
+            config.hello_interval = config.route_timeout / 2;
+            config.neighbour_report_timeout = config.hello_interval * 3;
+        }
+        if config.advert_refresh >= config.route_timeout {
+            config.advert_refresh = config.route_timeout / 2;
+        }
+        let router = Router::new(
+            config,
+            NodeKeypair::from_signing_key(keys.signing_key().clone()),
+            now(),
+        )?;
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (links_tx, links_rx) = mpsc::channel(LINK_QUEUE);
+        let (received, _) = broadcast::channel(RECEIVED_KEPT);
+        let (persist_tx, persist_rx) = mpsc::channel(1);
+        let persist_task = tokio::spawn(persist(store, persist_rx));
+        let driver = Driver {
+            local,
+            router,
+            hop_limit: max_hops.saturating_sub(1),
+            links: BTreeMap::new(),
+            find_waiters: HashMap::new(),
+            pending_acks: HashMap::new(),
+            ack_packets: VecDeque::new(),
+            next_sequence: rand::random::<u32>().into(),
+            received: VecDeque::new(),
+            subscribers: received.clone(),
+            stats: RoutingStats::default(),
+            persisted: None,
+            persist: persist_tx,
+            persist_task,
+        };
+        tokio::spawn(driver.run(commands_rx, links_rx, frames));
+        Ok(Self {
+            local,
+            commands: commands_tx,
+            links: links_tx,
+            received,
+            link_changes_dropped: Default::default(),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.local
+    }
+
+    /// A link came up (the network actor calls this). Never waits; a full queue drops the
+    /// change with a warning.
+    pub fn link_up(&self, link: LinkHandle) {
+        self.notify(LinkChange::Up(link));
+    }
+
+    /// The link `link` to `peer` is gone (the network actor calls this).
+    pub fn link_down(&self, peer: NodeId, link: meshcore_proto::peers::LinkId) {
+        self.notify(LinkChange::Down(peer, link));
+    }
+
+    fn notify(&self, change: LinkChange) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.links.try_send(change) {
+            self.link_changes_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("the routing driver is behind; a link change was dropped");
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<oneshot::Receiver<T>, RouteError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .try_send(command(reply))
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => {
+                    RouteError::Busy("too many requests queued".to_owned())
+                }
+                mpsc::error::TrySendError::Closed(_) => RouteError::ShuttingDown,
+            })?;
+        Ok(answer)
+    }
+
+    /// The route to `destination`: the known one, or the result of a discovery started now
+    /// (or already running), waiting up to `timeout`.
+    pub async fn find_route(
+        &self,
+        destination: NodeId,
+        timeout: Duration,
+    ) -> Result<RouteInfo, RouteError> {
+        if destination == self.local {
+            return Err(RouteError::ToSelf);
+        }
+        let answer = self
+            .ask(|reply| Command::FindRoute(destination, reply))
+            .await?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RouteError::ShuttingDown),
+            Err(_) => Err(RouteError::Timeout(timeout)),
+        }
+    }
+
+    /// Every selected route.
+    pub async fn routes(&self) -> Result<Vec<RouteInfo>, RouteError> {
+        self.ask(Command::Routes)
+            .await?
+            .await
+            .map_err(|_| RouteError::ShuttingDown)
+    }
+
+    /// Sends `payload` to `destination` (finding a route first if needed) and waits for
+    /// its acknowledgement; the whole call takes at most `timeout`. The payload travels
+    /// as opaque bytes, **not end-to-end encrypted** (see the module docs).
+    pub async fn send(
+        &self,
+        destination: NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Delivery, RouteError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RouteError::PayloadTooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD,
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.find_route(destination, timeout).await?;
+        let answer = self
+            .ask(|reply| Command::Send {
+                destination,
+                payload,
+                reply,
+            })
+            .await?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RouteError::ShuttingDown),
+            Err(_) => Err(RouteError::Timeout(timeout)),
+        }
+    }
+
+    /// The last [`RECEIVED_KEPT`] messages delivered to this node, oldest first.
+    pub async fn received(&self) -> Result<Vec<ReceivedMessage>, RouteError> {
+        self.ask(Command::Received)
+            .await?
+            .await
+            .map_err(|_| RouteError::ShuttingDown)
+    }
+
+    /// Messages delivered to this node from now on. A subscriber more than
+    /// [`RECEIVED_KEPT`] messages behind loses the oldest (`RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<ReceivedMessage> {
+        self.received.subscribe()
+    }
+
+    /// The driver's counters.
+    pub async fn stats(&self) -> Result<RoutingStats, RouteError> {
+        let mut stats = self
+            .ask(Command::Stats)
+            .await?
+            .await
+            .map_err(|_| RouteError::ShuttingDown)?;
+        stats.link_changes_dropped = self
+            .link_changes_dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// Stops the driver after writing the route table one last time.
+    pub async fn shutdown(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(reply)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// What a node does with a data or acknowledgement frame it received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PacketAction {
+    /// The packet is for this node.
+    Deliver {
+        /// Its header.
+        header: PacketHeader,
+        /// [`TAG_DATA`] or [`TAG_ACK`].
+        tag: u8,
+        /// The end-to-end payload.
+        payload: Bytes,
+    },
+    /// Pass `frame` (the same bytes, hop limit decremented) to `to`.
+    Forward {
+        /// The next hop.
+        to: NodeId,
+        /// The frame to send.
+        frame: Bytes,
+    },
+    /// Drop it.
+    Drop(DropReason),
+}
+
+/// Why a packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The header did not decode.
+    Malformed,
+    /// No route to the destination.
+    NoRoute,
+    /// Its hop limit is used up.
+    HopLimit,
+}
+
+/// Decides what to do with a data or acknowledgement `frame` (tag included) at the node
+/// `local`, whose next hops `next_hop` gives. Only the header is read; a forwarded frame
+/// differs from the received one in its hop-limit byte alone.
+pub fn route_packet(
+    local: &NodeId,
+    frame: &Bytes,
+    next_hop: impl FnOnce(&NodeId) -> Option<NodeId>,
+) -> PacketAction {
+    let Some((&tag, packet)) = frame.split_first() else {
+        return PacketAction::Drop(DropReason::Malformed);
+    };
+    let Ok((header, _)) = PacketHeader::decode(packet) else {
+        return PacketAction::Drop(DropReason::Malformed);
+    };
+    if header.destination == *local {
+        return PacketAction::Deliver {
+            header,
+            tag,
+            payload: frame.slice(1 + HEADER_LEN..),
+        };
+    }
+    let Some(to) = next_hop(&header.destination) else {
+        return PacketAction::Drop(DropReason::NoRoute);
+    };
+    let mut forwarded = BytesMut::from(&frame[..]);
+    match PacketHeader::forward_in_place(&mut forwarded[1..]) {
+        Ok(_) => PacketAction::Forward {
+            to,
+            frame: forwarded.freeze(),
+        },
+        Err(route::HeaderError::HopLimitReached) => PacketAction::Drop(DropReason::HopLimit),
+        Err(_) => PacketAction::Drop(DropReason::Malformed),
+    }
+}
+
+fn frame_of(tag: u8, header: &PacketHeader, payload: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(1 + HEADER_LEN + payload.len());
+    frame.push(tag);
+    frame.extend_from_slice(&header.encode(payload));
+    Bytes::from(frame)
+}
+
+type FindWaiter = oneshot::Sender<Result<RouteInfo, RouteError>>;
+
+struct PendingAck {
+    destination: NodeId,
+    sent: tokio::time::Instant,
+    reply: oneshot::Sender<Result<Delivery, RouteError>>,
+}
+
+struct Driver {
+    local: NodeId,
+    router: Router,
+    /// The hop limit packets from this node start with.
+    hop_limit: u8,
+    links: BTreeMap<NodeId, LinkHandle>,
+    find_waiters: HashMap<NodeId, Vec<FindWaiter>>,
+    pending_acks: HashMap<u64, PendingAck>,
+    /// Acknowledgements waiting for a route back: (destination, frame).
+    ack_packets: VecDeque<(NodeId, Bytes)>,
+    next_sequence: u64,
+    received: VecDeque<ReceivedMessage>,
+    subscribers: broadcast::Sender<ReceivedMessage>,
+    stats: RoutingStats,
+    persisted: Option<Vec<RouteInfo>>,
+    persist: mpsc::Sender<Vec<RouteRow>>,
+    persist_task: tokio::task::JoinHandle<()>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut links: mpsc::Receiver<LinkChange>,
+        mut frames: mpsc::Receiver<ReceivedFrame>,
+    ) {
+        let mut metrics_tick = tokio::time::interval(self.router.config().hello_interval);
+        metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut persist_tick = tokio::time::interval(PERSIST_INTERVAL);
+        persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let done = loop {
+            let wake = self
+                .router
+                .poll_timeout()
+                .map(|at| tokio::time::Instant::now() + at.saturating_duration_since(now()));
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => break Some(done),
+                    None => break None,
+                    Some(command) => self.on_command(command),
+                },
+                Some(change) = links.recv() => self.on_link_change(change),
+                Some(frame) = frames.recv() => self.on_frame(frame),
+                _ = sleep_until(wake) => self.router.handle_timeout(now()),
+                _ = metrics_tick.tick() => {
+                    let at = now();
+                    let measured: Vec<(NodeId, LinkQuality)> = self
+                        .links
+                        .iter()
+                        .map(|(peer, link)| {
+                            let metrics = link.metrics();
+                            (*peer, LinkQuality::new(metrics.rtt, metrics.loss))
+                        })
+                        .collect();
+                    for (peer, quality) in measured {
+                        self.router.link_metric(at, peer, quality.rtt, quality.loss);
+                    }
+                }
+                _ = persist_tick.tick() => self.persist_routes(),
+            }
+            self.flush();
+        };
+        self.persisted = None;
+        self.persist_routes();
+        let Self {
+            persist,
+            persist_task,
+            ..
+        } = self;
+        drop(persist);
+        let _ = persist_task.await;
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let at = now();
+        match command {
+            Command::FindRoute(destination, reply) => {
+                match self.router.find_route(at, destination) {
+                    Ok(RouteLookup::Known(route)) => {
+                        let _ = reply.send(Ok(RouteInfo::of(&route)));
+                    }
+                    Ok(RouteLookup::Discovering) => {
+                        let waiters = self.find_waiters.entry(destination).or_default();
+                        waiters.retain(|waiter| !waiter.is_closed());
+                        if waiters.len() < MAX_WAITERS_PER_DESTINATION {
+                            waiters.push(reply);
+                        } else {
+                            let _ = reply.send(Err(RouteError::Busy(
+                                "too many requests for this destination".to_owned(),
+                            )));
+                        }
+                    }
+                    Err(FindRouteError::ToSelf) => {
+                        let _ = reply.send(Err(RouteError::ToSelf));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(RouteError::Busy(error.to_string())));
+                    }
+                }
+            }
+            Command::Routes(reply) => {
+                let _ = reply.send(self.router.routes().map(|r| RouteInfo::of(&r)).collect());
+            }
+            Command::Send {
+                destination,
+                payload,
+                reply,
+            } => self.send_message(destination, &payload, reply),
+            Command::Received(reply) => {
+                let _ = reply.send(self.received.iter().cloned().collect());
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats);
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn send_message(
+        &mut self,
+        destination: NodeId,
+        payload: &[u8],
+        reply: oneshot::Sender<Result<Delivery, RouteError>>,
+    ) {
+        self.pending_acks
+            .retain(|_, pending| !pending.reply.is_closed());
+        if self.pending_acks.len() >= MAX_PENDING_ACKS {
+            let _ = reply.send(Err(RouteError::Busy(
+                "too many messages waiting for acknowledgement".to_owned(),
+            )));
+            return;
+        }
+        let Some(next_hop) = self.router.next_hop(&destination) else {
+            let _ = reply.send(Err(RouteError::Unreachable(
+                "the route was lost before the message was sent".to_owned(),
+            )));
+            return;
+        };
+        let sequence = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        let header = PacketHeader {
+            hop_limit: self.hop_limit,
+            flow_id: MESSAGE_FLOW,
+            sequence,
+            source: self.local,
+            destination,
+        };
+        let mut body = Vec::with_capacity(1 + payload.len());
+        body.push(self.hop_limit);
+        body.extend_from_slice(payload);
+        let frame = frame_of(TAG_DATA, &header, &body);
+        match self.send_frame(next_hop, frame) {
+            Ok(()) => {
+                self.pending_acks.insert(
+                    sequence,
+                    PendingAck {
+                        destination,
+                        sent: tokio::time::Instant::now(),
+                        reply,
+                    },
+                );
+            }
+            Err(error) => {
+                let _ = reply.send(Err(RouteError::Unreachable(format!(
+                    "the link to the next hop refused the packet: {error}"
+                ))));
+            }
+        }
+    }
+
+    /// Queues `frame` on the link to `to`; a closed link is taken down.
+    fn send_frame(&mut self, to: NodeId, frame: Bytes) -> Result<(), SendError> {
+        let Some(link) = self.links.get(&to) else {
+            return Err(SendError::Closed);
+        };
+        let result = link.try_send_data(frame);
+        if result == Err(SendError::Closed) {
+            self.links.remove(&to);
+            self.router.link_down(now(), to);
+        }
+        result
+    }
+
+    fn on_link_change(&mut self, change: LinkChange) {
+        let at = now();
+        match change {
+            LinkChange::Up(link) => {
+                let metrics = link.metrics();
+                let peer = link.peer;
+                match self
+                    .router
+                    .link_up(at, peer, LinkQuality::new(metrics.rtt, metrics.loss))
+                {
+                    Ok(()) => {
+                        tracing::debug!(%peer, "routing: neighbour up");
+                        self.links.insert(peer, link);
+                    }
+                    Err(error) => tracing::info!(%peer, %error, "routing: neighbour not used"),
+                }
+            }
+            LinkChange::Down(peer, id) => {
+                if self.links.get(&peer).is_some_and(|link| link.id == id) {
+                    tracing::debug!(%peer, "routing: neighbour down");
+                    self.links.remove(&peer);
+                    self.router.link_down(at, peer);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: ReceivedFrame) {
+        match frame.data.first() {
+            Some(&TAG_ROUTE) => match route::decode(&frame.data[1..]) {
+                Ok(message) => self.router.handle_message(now(), frame.peer, message),
+                Err(error) => {
+                    self.stats.frames_malformed += 1;
+                    tracing::debug!(peer = %frame.peer, %error, "a route message did not decode");
+                }
+            },
+            Some(&(TAG_DATA | TAG_ACK)) => {
+                let action = route_packet(&self.local, &frame.data, |destination| {
+                    self.router.next_hop(destination)
+                });
+                match action {
+                    PacketAction::Deliver {
+                        header,
+                        tag,
+                        payload,
+                    } => self.deliver(header, tag, payload),
+                    PacketAction::Forward { to, frame: out } => {
+                        if self.send_frame(to, out).is_ok() {
+                            self.stats.packets_forwarded += 1;
+                        } else {
+                            self.stats.dropped_link += 1;
+                        }
+                    }
+                    PacketAction::Drop(reason) => {
+                        match reason {
+                            DropReason::Malformed => self.stats.frames_malformed += 1,
+                            DropReason::NoRoute => self.stats.dropped_no_route += 1,
+                            DropReason::HopLimit => self.stats.dropped_hop_limit += 1,
+                        }
+                        tracing::debug!(peer = %frame.peer, ?reason, "dropped a packet");
+                    }
+                }
+            }
+            _ => {
+                self.stats.frames_malformed += 1;
+                tracing::debug!(peer = %frame.peer, "a data frame with an unknown tag");
+            }
+        }
+    }
+
+    fn deliver(&mut self, header: PacketHeader, tag: u8, payload: Bytes) {
+        let Some(&initial) = payload.first() else {
+            self.stats.frames_malformed += 1;
+            return;
+        };
+        let hops = initial.saturating_sub(header.hop_limit).saturating_add(1);
+        if tag == TAG_ACK {
+            let acked_hops = payload.get(1).copied().unwrap_or(0);
+            let matches = self
+                .pending_acks
+                .get(&header.sequence)
+                .is_some_and(|pending| pending.destination == header.source);
+            if let (true, Some(pending)) = (matches, self.pending_acks.remove(&header.sequence)) {
+                self.stats.acks_received += 1;
+                let _ = pending.reply.send(Ok(Delivery {
+                    delivered: true,
+                    hops: acked_hops,
+                    rtt_ms: pending.sent.elapsed().as_secs_f64() * 1000.0,
+                }));
+            }
+            return;
+        }
+        self.stats.packets_delivered += 1;
+        let message = ReceivedMessage {
+            source: header.source,
+            payload: payload.slice(1..),
+            hops,
+            received_at: unix_millis(),
+        };
+        tracing::info!(source = %message.source, hops, bytes = message.payload.len(), "message received");
+        if self.received.len() >= RECEIVED_KEPT {
+            self.received.pop_front();
+        }
+        self.received.push_back(message.clone());
+        let _ = self.subscribers.send(message);
+
+        let ack_header = PacketHeader {
+            hop_limit: self.hop_limit,
+            flow_id: header.flow_id,
+            sequence: header.sequence,
+            source: self.local,
+            destination: header.source,
+        };
+        let frame = frame_of(TAG_ACK, &ack_header, &[self.hop_limit, hops]);
+        match self.router.next_hop(&header.source) {
+            Some(next_hop) => {
+                if self.send_frame(next_hop, frame).is_err() {
+                    self.stats.dropped_link += 1;
+                }
+            }
+            None => {
+                // No route back yet: ask for one and send the acknowledgement when it is found.
+                if self.ack_packets.len() >= MAX_PENDING_ACK_PACKETS {
+                    self.ack_packets.pop_front();
+                    self.stats.dropped_no_route += 1;
+                }
+                self.ack_packets.push_back((header.source, frame));
+                if let Ok(RouteLookup::Known(_)) = self.router.find_route(now(), header.source) {
+                    self.send_waiting_acks(&header.source);
+                }
+            }
+        }
+    }
+
+    fn send_waiting_acks(&mut self, destination: &NodeId) {
+        let Some(next_hop) = self.router.next_hop(destination) else {
+            return;
+        };
+        let (ready, waiting): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.ack_packets)
+            .into_iter()
+            .partition(|(to, _)| to == destination);
+        self.ack_packets = waiting;
+        for (_, frame) in ready {
+            if self.send_frame(next_hop, frame).is_err() {
+                self.stats.dropped_link += 1;
+            }
+        }
+    }
+
+    /// Sends what the router asked for and answers waiters.
+    fn flush(&mut self) {
+        while let Some((to, message)) = self.router.poll_transmit() {
+            let mut frame = vec![TAG_ROUTE];
+            frame.extend_from_slice(&route::encode(&message));
+            if self.send_frame(to, Bytes::from(frame)).is_err() {
+                self.stats.control_dropped += 1;
+            }
+        }
+        while let Some(event) = self.router.poll_event() {
+            match event {
+                RouteEvent::RouteFound { destination, route } => {
+                    tracing::info!(%destination, hops = route.hop_count, "route found");
+                    let info = RouteInfo::of(&route);
+                    for waiter in self.find_waiters.remove(&destination).unwrap_or_default() {
+                        let _ = waiter.send(Ok(info.clone()));
+                    }
+                    self.send_waiting_acks(&destination);
+                }
+                RouteEvent::RouteFailed { destination, .. } => {
+                    tracing::info!(%destination, "no route found within max_hops");
+                    for waiter in self.find_waiters.remove(&destination).unwrap_or_default() {
+                        let _ = waiter.send(Err(RouteError::NoRouteWithinMaxHops));
+                    }
+                    self.ack_packets.retain(|(to, _)| *to != destination);
+                }
+                RouteEvent::RouteRepaired { destination, route } => {
+                    tracing::debug!(%destination, next_hop = %route.next_hop, "route repaired");
+                    self.send_waiting_acks(&destination);
+                }
+                RouteEvent::RouteLost { destination } => {
+                    tracing::debug!(%destination, "route lost");
+                }
+                RouteEvent::PeerMisbehaved { peer, reason } => {
+                    self.stats.peers_misbehaved += 1;
+                    tracing::warn!(%peer, reason, "a routing neighbour misbehaved");
+                }
+            }
+        }
+    }
+
+    /// Hands the selected routes to the writer if they changed since the last write.
+    fn persist_routes(&mut self) {
+        let routes: Vec<RouteInfo> = self.router.routes().map(|r| RouteInfo::of(&r)).collect();
+        if self.persisted.as_ref() == Some(&routes) {
+            return;
+        }
+        let rows = routes.iter().map(RouteInfo::row).collect();
+        match self.persist.try_send(rows) {
+            Ok(()) => self.persisted = Some(routes),
+            Err(_) => tracing::debug!("the route writer is busy; the table is written later"),
+        }
+    }
+}
+
+async fn persist(store: Store, mut tables: mpsc::Receiver<Vec<RouteRow>>) {
+    while let Some(rows) = tables.recv().await {
+        if let Err(error) = store.replace_routes(&rows).await {
+            tracing::warn!(%error, "could not store the route table");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn id(seed: u64) -> NodeId {
+        NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed)).node_id()
+    }
+
+    fn packet(tag: u8, hop_limit: u8, payload: &[u8]) -> Bytes {
+        let header = PacketHeader {
+            hop_limit,
+            flow_id: MESSAGE_FLOW,
+            sequence: 42,
+            source: id(1),
+            destination: id(3),
+        };
+        frame_of(tag, &header, payload)
+    }
+
+    #[test]
+    fn a_relay_changes_only_the_hop_limit() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let frame = packet(TAG_DATA, 9, &payload);
+        let relay = id(2);
+        let PacketAction::Forward { to, frame: out } =
+            route_packet(&relay, &frame, |destination| Some(*destination))
+        else {
+            panic!("a packet for another node is forwarded");
+        };
+        assert_eq!(to, id(3));
+        assert_eq!(out.len(), frame.len());
+        assert_eq!(out[0], TAG_DATA, "the tag is kept");
+        assert_eq!(out[2], 8, "the hop limit is decremented");
+        assert_eq!(out[3..], frame[3..], "nothing else changes");
+        assert_eq!(
+            &out[1 + HEADER_LEN..],
+            &payload[..],
+            "the payload is untouched"
+        );
+
+        let PacketAction::Deliver {
+            header,
+            tag,
+            payload: delivered,
+        } = route_packet(&id(3), &out, |_| None)
+        else {
+            panic!("a packet for this node is delivered");
+        };
+        assert_eq!((tag, header.hop_limit, header.sequence), (TAG_DATA, 8, 42));
+        assert_eq!(&delivered[..], &payload[..]);
+    }
+
+    #[test]
+    fn packets_without_route_hops_or_header_are_dropped() {
+        let relay = id(2);
+        assert_eq!(
+            route_packet(&relay, &packet(TAG_ACK, 3, b"x"), |_| None),
+            PacketAction::Drop(DropReason::NoRoute)
+        );
+        assert_eq!(
+            route_packet(&relay, &packet(TAG_DATA, 0, b"x"), |d| Some(*d)),
+            PacketAction::Drop(DropReason::HopLimit)
+        );
+        let truncated = packet(TAG_DATA, 3, b"").slice(..HEADER_LEN);
+        assert_eq!(
+            route_packet(&relay, &truncated, |d| Some(*d)),
+            PacketAction::Drop(DropReason::Malformed)
+        );
+        assert_eq!(
+            route_packet(&relay, &Bytes::new(), |d| Some(*d)),
+            PacketAction::Drop(DropReason::Malformed)
+        );
+    }
+
+    #[test]
+    fn path_quality_falls_with_cost() {
+        assert_eq!(path_quality(0), 1.0);
+        assert_eq!(path_quality(1000), 0.5);
+        assert!(path_quality(300) > path_quality(600));
+    }
+}

@@ -1,0 +1,184 @@
+//! Multi-hop routing between real `meshcore` processes on loopback: a line of five nodes,
+//! each allowed to link only to its neighbours (setting `allowed_peers`), so that node 0
+//! reaches node 4 only through 1, 2 and 3.
+//!
+//! Every node listens on 127.0.0.1 and runs with `--no-lan`, so nothing leaves loopback.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+const LINE: usize = 5;
+
+/// Creates the identity in `dir` and returns the node id.
+fn node_id_of(dir: &std::path::Path) -> String {
+    let mut command = Command::new(BINARY);
+    command.arg("id").arg("--data-dir").arg(dir);
+    let (ok, stdout, stderr) = run_to_end(command);
+    assert!(ok, "meshcore id failed: {stderr}");
+    stdout.trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_crosses_a_line_of_five_nodes() {
+    let dirs: Vec<tempfile::TempDir> = (0..LINE)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let ids: Vec<String> = dirs.iter().map(|dir| node_id_of(dir.path())).collect();
+
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..LINE {
+        let neighbours: Vec<&str> = [i.checked_sub(1), Some(i + 1)]
+            .into_iter()
+            .flatten()
+            .filter(|&j| j < LINE)
+            .map(|j| ids[j].as_str())
+            .collect();
+        let allowed = format!("allowed_peers={}", neighbours.join(","));
+        let mut args = vec!["--set", &allowed, "--set", "min_connections=1"];
+        let bootstrap = nodes.last().map(NodeProcess::address);
+        if let Some(entry) = &bootstrap {
+            args.extend(["--bootstrap", entry.as_str()]);
+        }
+        let node = NodeProcess::start(dirs[i].path(), &args);
+        assert_eq!(node.node_id, ids[i]);
+        nodes.push(node);
+    }
+
+    eventually(
+        "every node to link to exactly its line neighbours",
+        || async {
+            for (i, node) in nodes.iter().enumerate() {
+                let mut linked = node.linked_ids().await;
+                linked.sort();
+                let mut expected: Vec<String> = [i.checked_sub(1), Some(i + 1)]
+                    .into_iter()
+                    .flatten()
+                    .filter(|&j| j < LINE)
+                    .map(|j| ids[j].clone())
+                    .collect();
+                expected.sort();
+                if linked != expected {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+
+    let (status, route) = send(
+        http()
+            .post(nodes[0].url("/v1/route/find"))
+            .json(&json!({ "destination": ids[4] })),
+    )
+    .await;
+    assert_eq!(status, 200, "{route}");
+    assert_eq!(route["destination"], ids[4].as_str());
+    assert_eq!(route["next_hop"], ids[1].as_str());
+    assert_eq!(route["hop_count"], 4, "{route}");
+    assert_eq!(
+        route["path"],
+        json!([ids[1], ids[2], ids[3], ids[4]]),
+        "{route}"
+    );
+    assert!(route["path_quality"]
+        .as_f64()
+        .is_some_and(|q| q > 0.0 && q <= 1.0));
+    assert!(
+        route["path_cost"].as_u64().is_some_and(|c| c >= 400),
+        "{route}"
+    );
+
+    let (status, routes) = send(http().get(nodes[0].url("/v1/routes"))).await;
+    assert_eq!(status, 200, "{routes}");
+    assert!(
+        routes
+            .as_array()
+            .is_some_and(|all| all.iter().any(|r| r["destination"] == ids[4].as_str())),
+        "{routes}"
+    );
+
+    let (status, delivery) = send(
+        http()
+            .post(nodes[0].url("/v1/messages"))
+            .json(&json!({ "destination": ids[4], "payload": "hello over four hops" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{delivery}");
+    assert_eq!(delivery["delivered"], true);
+    assert_eq!(delivery["hops"], 4, "{delivery}");
+    assert!(delivery["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+
+    let (status, received) = send(http().get(nodes[4].url("/v1/messages"))).await;
+    assert_eq!(status, 200, "{received}");
+    let message = received
+        .as_array()
+        .and_then(|all| all.last().cloned())
+        .unwrap_or_default();
+    assert_eq!(message["source"], ids[0].as_str(), "{received}");
+    assert_eq!(message["payload"], "hello over four hops");
+    assert_eq!(message["hops"], 4);
+
+    // The command line does the same.
+    let mut command = Command::new(BINARY);
+    command.args([
+        "send",
+        "--api",
+        &nodes[0].api_host_port(),
+        &ids[4],
+        "second message",
+    ]);
+    let (ok, stdout, stderr) = run_to_end(command);
+    assert!(ok, "meshcore send failed: {stderr}");
+    assert!(stdout.contains("delivered over 4 hops"), "{stdout}");
+    let mut command = Command::new(BINARY);
+    command.args(["route", "find", "--api", &nodes[4].api_host_port(), &ids[0]]);
+    let (ok, stdout, stderr) = run_to_end(command);
+    assert!(ok, "meshcore route find failed: {stderr}");
+    assert!(stdout.starts_with("4 hops via"), "{stdout}");
+
+    // Errors: this node itself, a malformed id.
+    let (status, body) = send(
+        http()
+            .post(nodes[0].url("/v1/route/find"))
+            .json(&json!({ "destination": ids[0] })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_destination"))
+    );
+    let (status, _) = send(
+        http()
+            .post(nodes[0].url("/v1/messages"))
+            .json(&json!({ "destination": "nope", "payload": "x" })),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (status, document) = send(http().get(nodes[0].url("/v1/openapi.json"))).await;
+    assert_eq!(status, 200);
+    for path in ["/v1/route/find", "/v1/routes", "/v1/messages"] {
+        assert!(
+            document["paths"].get(path).is_some(),
+            "openapi lacks {path}"
+        );
+    }
+
+    // The route table reaches meshcore_routes (written every 5 s when it changed).
+    eventually("node 0 to store its route table", || async {
+        let (_, routes) = send(http().get(nodes[0].url("/v1/routes"))).await;
+        let (status, stats) = send(http().get(nodes[0].url("/v1/stats"))).await;
+        let selected = routes.as_array().map_or(0, Vec::len);
+        status == 200 && selected >= 3 && stats["routes"].as_u64() == Some(selected as u64)
+    })
+    .await;
+
+    for node in nodes {
+        node.terminate();
+    }
+}
