@@ -478,6 +478,7 @@ impl From<RouteError> for ApiError {
             RouteError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             RouteError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             RouteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            RouteError::Encryption(_) => (StatusCode::BAD_REQUEST, "encryption_failed"),
         };
         ApiError::new(status, code, error.to_string())
     }
@@ -529,13 +530,14 @@ pub(crate) async fn routes(State(node): State<Node>) -> Result<Json<Vec<RouteInf
 pub(crate) struct MessageRequest {
     /// The node id to send to.
     destination: String,
-    /// The message text. It is NOT end-to-end encrypted yet: links are encrypted hop by
-    /// hop, but relays on the path could read it.
+    /// The message text (at most 61440 bytes). It is end-to-end encrypted: relays see only
+    /// the routing header.
     payload: String,
 }
 
 /// Sends a message over the mesh and waits for the destination's acknowledgement. The
-/// payload is not end-to-end encrypted yet (links are encrypted hop by hop).
+/// payload is end-to-end encrypted and authenticated (X25519, HKDF-SHA256, AES-256-GCM);
+/// relays see only the routing header.
 #[utoipa::path(post, path = "/v1/messages", tag = "routing",
     request_body = MessageRequest,
     responses(

@@ -21,17 +21,24 @@
 //!
 //! The end-to-end payload, which only the two ends read:
 //!
-//! - data: `initial_hop_limit: u8 ‖ message bytes` — the hop limit the source sent the
-//!   packet with, so the destination can tell how many hops it travelled;
-//! - acknowledgement: `initial_hop_limit: u8 ‖ hops: u8` — the acknowledged packet's hop
-//!   count; the header's `sequence` and `flow_id` are those of the acknowledged packet.
+//! - data: `initial_hop_limit: u8 ‖ sealed(message bytes)`;
+//! - acknowledgement: `initial_hop_limit: u8 ‖ sealed(hops: u8)` — the acknowledged
+//!   packet's hop count; the header's `sequence` and `flow_id` are those of the acknowledged
+//!   packet.
+//!
+//! `initial_hop_limit` is the hop limit the source sent the packet with, so the destination
+//! can tell how many hops it travelled. `sealed(…)` is [`meshcore_proto::e2e`]: X25519 from
+//! the two node keys plus a sender ephemeral per session, HKDF-SHA256, AES-256-GCM with
+//! counter nonces and a replay window. Its associated data is
+//! [`header_associated_data`](meshcore_proto::e2e::header_associated_data) (every header
+//! field but the hop limit, which relays change) followed by `initial_hop_limit`, so a relay
+//! that alters the source, destination, sequence or the hop count claim makes the packet
+//! fail to open. Relays see only the routing header; a packet that fails to open is dropped
+//! and counted (`e2e_rejected`), and is not acknowledged. Acknowledgements are sealed too,
+//! so a relay cannot fake a delivery.
 //!
 //! A source sends with hop limit `max_hops − 1`: each relay needs one to pass the packet on,
 //! so a packet crosses at most `max_hops` links.
-//!
-//! **Message payloads are not end-to-end encrypted yet.** Links are encrypted hop by hop
-//! (QUIC), so nothing is readable on the wire, but every relay on the path could read a
-//! message's bytes. End-to-end encryption is being written separately and is not used here.
 //!
 //! # The driver
 //!
@@ -54,12 +61,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
+use meshcore_proto::e2e::{self, Receiver, ReceiverConfig, Session};
 use meshcore_proto::route::{
     self, FindRouteError, LinkQuality, PacketHeader, Route, RouteConfigError, RouteEvent,
     RouteLookup, Router, RouterConfig, Timestamp, HEADER_LEN, MAX_PATH_LEN,
 };
 use meshcore_proto::{NodeId, NodeKeypair};
 use meshcore_store::{RouteRow, Store};
+use rand::rngs::OsRng;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -72,9 +81,19 @@ pub const TAG_DATA: u8 = 0x02;
 /// First byte of a routed delivery acknowledgement.
 pub const TAG_ACK: u8 = 0x03;
 
-/// Largest message a data packet carries: a data frame less the tag, the header and the
-/// initial-hop-limit byte.
-pub const MAX_PAYLOAD: usize = MAX_DATA_FRAME - 1 - HEADER_LEN - 1;
+/// Largest message a data packet carries: what end-to-end sealing accepts, within a data
+/// frame less the tag, the header, the initial-hop-limit byte and the sealing overhead.
+pub const MAX_PAYLOAD: usize = {
+    let frame_room = MAX_DATA_FRAME - 1 - HEADER_LEN - 1 - e2e::SEAL_OVERHEAD;
+    if frame_room < e2e::MAX_PLAINTEXT_LEN {
+        frame_room
+    } else {
+        e2e::MAX_PLAINTEXT_LEN
+    }
+};
+
+/// Most destinations with a live sending session; the least recently used is dropped.
+pub const MAX_SEND_SESSIONS: usize = 1024;
 
 /// Flow id of messages sent with [`Routing::send`].
 pub const MESSAGE_FLOW: u32 = 1;
@@ -183,7 +202,7 @@ pub struct Delivery {
 pub struct ReceivedMessage {
     /// The node that sent it.
     pub source: NodeId,
-    /// Its bytes, as sent (not end-to-end encrypted yet).
+    /// Its bytes, as the source sealed them (opened and authenticated here).
     pub payload: Bytes,
     /// Links it crossed.
     pub hops: u8,
@@ -215,6 +234,9 @@ pub enum RouteError {
         /// The limit, [`MAX_PAYLOAD`].
         max: usize,
     },
+    /// The message could not be sealed for its destination.
+    #[error("end-to-end encryption failed: {0}")]
+    Encryption(String),
     /// Too many discoveries or waiters right now.
     #[error("routing is busy: {0}; try again")]
     Busy(String),
@@ -246,6 +268,8 @@ pub struct RoutingStats {
     pub link_changes_dropped: u64,
     /// Neighbours the router reported as misbehaving.
     pub peers_misbehaved: u64,
+    /// Packets for this node that failed to open (forged, altered, replayed or expired).
+    pub e2e_rejected: u64,
 }
 
 enum Command {
@@ -322,6 +346,9 @@ impl Routing {
         let persist_task = tokio::spawn(persist(store, persist_rx));
         let driver = Driver {
             local,
+            keys: NodeKeypair::from_signing_key(keys.signing_key().clone()),
+            sessions: HashMap::new(),
+            opener: Receiver::new(keys, ReceiverConfig::new()),
             router,
             hop_limit: max_hops.saturating_sub(1),
             links: BTreeMap::new(),
@@ -416,7 +443,7 @@ impl Routing {
 
     /// Sends `payload` to `destination` (finding a route first if needed) and waits for
     /// its acknowledgement; the whole call takes at most `timeout`. The payload travels
-    /// as opaque bytes, **not end-to-end encrypted** (see the module docs).
+    /// sealed end to end for `destination` (see the module docs).
     pub async fn send(
         &self,
         destination: NodeId,
@@ -550,6 +577,14 @@ pub fn route_packet(
     }
 }
 
+/// What a sealed payload is bound to: every header field but the hop limit, and the
+/// source's initial hop limit.
+fn associated_data(header: &PacketHeader, initial_hop_limit: u8) -> Vec<u8> {
+    let mut data = e2e::header_associated_data(header).to_vec();
+    data.push(initial_hop_limit);
+    data
+}
+
 fn frame_of(tag: u8, header: &PacketHeader, payload: &[u8]) -> Bytes {
     let mut frame = Vec::with_capacity(1 + HEADER_LEN + payload.len());
     frame.push(tag);
@@ -567,6 +602,11 @@ struct PendingAck {
 
 struct Driver {
     local: NodeId,
+    keys: NodeKeypair,
+    /// Sending sessions by destination, with their last use.
+    sessions: HashMap<NodeId, (Session, tokio::time::Instant)>,
+    /// Opens what others sealed for this node (and keeps their replay windows).
+    opener: Receiver,
     router: Router,
     /// The hop limit packets from this node start with.
     hop_limit: u8,
@@ -715,9 +755,13 @@ impl Driver {
             source: self.local,
             destination,
         };
-        let mut body = Vec::with_capacity(1 + payload.len());
-        body.push(self.hop_limit);
-        body.extend_from_slice(payload);
+        let body = match self.seal(&header, self.hop_limit, payload) {
+            Ok(body) => body,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
         let frame = frame_of(TAG_DATA, &header, &body);
         match self.send_frame(next_hop, frame) {
             Ok(()) => {
@@ -736,6 +780,52 @@ impl Driver {
                 ))));
             }
         }
+    }
+
+    /// `initial_hop_limit ‖ sealed(plaintext)` for `header`, through the sending session to
+    /// its destination (started or renewed as needed).
+    fn seal(
+        &mut self,
+        header: &PacketHeader,
+        initial_hop_limit: u8,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, RouteError> {
+        let at = now();
+        let destination = header.destination;
+        let fresh = self
+            .sessions
+            .get(&destination)
+            .is_some_and(|(session, _)| !session.needs_rekey(at));
+        if !fresh {
+            if self.sessions.len() >= MAX_SEND_SESSIONS && !self.sessions.contains_key(&destination)
+            {
+                let oldest = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(id, _)| *id);
+                if let Some(oldest) = oldest {
+                    self.sessions.remove(&oldest);
+                }
+            }
+            let session =
+                Session::new(&self.keys, destination, at, &mut OsRng).map_err(|error| {
+                    RouteError::Unreachable(format!("cannot encrypt to this node id: {error}"))
+                })?;
+            self.sessions
+                .insert(destination, (session, tokio::time::Instant::now()));
+        }
+        let Some((session, used)) = self.sessions.get_mut(&destination) else {
+            return Err(RouteError::Unreachable("no sending session".to_owned()));
+        };
+        *used = tokio::time::Instant::now();
+        let sealed = session
+            .seal(at, plaintext, &associated_data(header, initial_hop_limit))
+            .map_err(|error| RouteError::Encryption(error.to_string()))?;
+        let mut body = Vec::with_capacity(1 + sealed.len());
+        body.push(initial_hop_limit);
+        body.extend_from_slice(&sealed);
+        Ok(body)
     }
 
     /// Queues `frame` on the link to `to`; a closed link is taken down.
@@ -826,9 +916,23 @@ impl Driver {
             self.stats.frames_malformed += 1;
             return;
         };
+        let opened = self.opener.open_bytes(
+            now(),
+            header.source,
+            &payload[1..],
+            &associated_data(&header, initial),
+        );
+        let plaintext = match opened {
+            Ok(plaintext) => Bytes::from(plaintext),
+            Err(error) => {
+                self.stats.e2e_rejected += 1;
+                tracing::debug!(source = %header.source, %error, "a packet for this node did not open");
+                return;
+            }
+        };
         let hops = initial.saturating_sub(header.hop_limit).saturating_add(1);
         if tag == TAG_ACK {
-            let acked_hops = payload.get(1).copied().unwrap_or(0);
+            let acked_hops = plaintext.first().copied().unwrap_or(0);
             let matches = self
                 .pending_acks
                 .get(&header.sequence)
@@ -846,7 +950,7 @@ impl Driver {
         self.stats.packets_delivered += 1;
         let message = ReceivedMessage {
             source: header.source,
-            payload: payload.slice(1..),
+            payload: plaintext,
             hops,
             received_at: unix_millis(),
         };
@@ -864,7 +968,13 @@ impl Driver {
             source: self.local,
             destination: header.source,
         };
-        let frame = frame_of(TAG_ACK, &ack_header, &[self.hop_limit, hops]);
+        let frame = match self.seal(&ack_header, self.hop_limit, &[hops]) {
+            Ok(body) => frame_of(TAG_ACK, &ack_header, &body),
+            Err(error) => {
+                tracing::debug!(%error, "could not seal an acknowledgement");
+                return;
+            }
+        };
         match self.router.next_hop(&header.source) {
             Some(next_hop) => {
                 if self.send_frame(next_hop, frame).is_err() {
@@ -1050,5 +1160,76 @@ mod tests {
         assert_eq!(path_quality(0), 1.0);
         assert_eq!(path_quality(1000), 0.5);
         assert!(path_quality(300) > path_quality(600));
+    }
+}
+
+#[cfg(test)]
+mod sealing_tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    fn keys(seed: u64) -> NodeKeypair {
+        NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    #[test]
+    fn a_sealed_payload_survives_relaying_but_not_tampering() {
+        let (source, destination, relay) = (keys(1), keys(2), keys(3));
+        let header = PacketHeader {
+            hop_limit: 9,
+            flow_id: MESSAGE_FLOW,
+            sequence: 7,
+            source: source.node_id(),
+            destination: destination.node_id(),
+        };
+        let at = Timestamp::from_millis(1_700_000_000_000);
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        let mut session =
+            Session::new(&source, destination.node_id(), at, &mut rng).expect("session");
+        let sealed = session
+            .seal(at, b"secret", &associated_data(&header, 9))
+            .expect("seal");
+        assert!(
+            !sealed.windows(6).any(|w| w == b"secret"),
+            "the plaintext is not visible to relays"
+        );
+
+        // Relays lower the hop limit: the packet still opens.
+        let relayed = PacketHeader {
+            hop_limit: 6,
+            ..header
+        };
+        let mut opener = Receiver::new(&destination, ReceiverConfig::new());
+        let opened = opener
+            .open_bytes(at, source.node_id(), &sealed, &associated_data(&relayed, 9))
+            .expect("opens after relaying");
+        assert_eq!(opened, b"secret");
+
+        // A forged hop count, sequence, source, or the wrong recipient: refused.
+        let fresh = || Receiver::new(&destination, ReceiverConfig::new());
+        let forged_hops = associated_data(&relayed, 12);
+        assert!(fresh()
+            .open_bytes(at, source.node_id(), &sealed, &forged_hops)
+            .is_err());
+        let other_sequence = associated_data(
+            &PacketHeader {
+                sequence: 8,
+                ..header
+            },
+            9,
+        );
+        assert!(fresh()
+            .open_bytes(at, source.node_id(), &sealed, &other_sequence)
+            .is_err());
+        assert!(fresh()
+            .open_bytes(at, relay.node_id(), &sealed, &associated_data(&header, 9))
+            .is_err());
+        assert!(Receiver::new(&relay, ReceiverConfig::new())
+            .open_bytes(at, source.node_id(), &sealed, &associated_data(&header, 9))
+            .is_err());
+        // A replay of the delivered packet: refused.
+        assert!(opener
+            .open_bytes(at, source.node_id(), &sealed, &associated_data(&relayed, 9))
+            .is_err());
     }
 }

@@ -196,7 +196,16 @@ async fn records_survive_a_restart_and_bad_requests_are_refused() {
     // The CLI: put prints the key to share, get prints the value.
     let api = node.api_host_port();
     let mut command = std::process::Command::new(BINARY);
-    command.args(["dht", "put", "--api", &api, "motd", r#"{"text":"hi"}"#, "--ttl", "120"]);
+    command.args([
+        "dht",
+        "put",
+        "--api",
+        &api,
+        "motd",
+        r#"{"text":"hi"}"#,
+        "--ttl",
+        "120",
+    ]);
     let (ok, stdout, stderr) = run_to_end(command);
     assert!(ok, "{stderr}");
     let cli_key = format!("{}/motd", node.node_id);

@@ -34,8 +34,8 @@ pub struct SendArgs {
     api: ApiArg,
     /// The destination's node id.
     node_id: String,
-    /// The message. It is NOT end-to-end encrypted yet: links are encrypted hop by hop,
-    /// but relays on the path could read it.
+    /// The message. It is end-to-end encrypted: relays on the path see only the routing
+    /// header.
     text: String,
     /// Print the node's whole answer as JSON.
     #[arg(long)]
