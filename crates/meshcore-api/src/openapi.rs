@@ -28,9 +28,11 @@ use utoipa::OpenApi;
         crate::routes::messages,
         crate::routes::register_service,
         crate::routes::resolve_service,
+        crate::routes::events,
         crate::routes::openapi,
     ),
     components(schemas(
+        meshcore_net::routing::MeshEvent,
         meshcore_node::NodeInfo,
         meshcore_node::NodeStats,
         meshcore_node::Settings,

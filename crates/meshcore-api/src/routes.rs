@@ -54,6 +54,7 @@ pub(crate) fn router(node: Node) -> Router {
         .route("/route/find", post(route_find))
         .route("/routes", get(routes))
         .route("/messages", post(send_message).get(messages))
+        .route("/events", get(events))
         .route("/services", post(register_service))
         .route("/services/{name}", get(resolve_service))
         .route("/openapi.json", get(openapi))
@@ -596,4 +597,54 @@ pub(crate) async fn messages(
             })
             .collect(),
     ))
+}
+
+/// Streams mesh events over a WebSocket: one JSON text message per event, tagged by `type`
+/// (`message`, `link_up`, `link_down`, `route_found`, `route_repaired`, `route_lost`, and
+/// `lagged` when this subscriber fell behind). Messages the client sends are ignored.
+#[utoipa::path(get, path = "/v1/events", tag = "routing",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol; then a stream of MeshEvent JSON texts", body = meshcore_net::routing::MeshEvent),
+        (status = 400, description = "Not a WebSocket upgrade request", body = crate::ErrorBody),
+        (status = 503, description = "Routing is off", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn events(
+    State(node): State<Node>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            format!("GET /v1/events is a WebSocket: {}", rejection.body_text()),
+        )
+    })?;
+    let mut events = routing_of(&node)?.events();
+    Ok(upgrade.on_upgrade(move |mut socket| async move {
+        use axum::extract::ws::Message;
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            meshcore_net::routing::MeshEvent::Lagged { missed }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    };
+                    let Ok(text) = serde_json::to_string(&event) else { continue };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }))
 }

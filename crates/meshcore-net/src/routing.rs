@@ -210,6 +210,53 @@ pub struct ReceivedMessage {
     pub received_at: u64,
 }
 
+/// Something that happened on the mesh, as streamed by `GET /v1/events`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MeshEvent {
+    /// A message for this node arrived (opened and authenticated).
+    Message {
+        /// The sender's node id.
+        source: String,
+        /// The message as text (invalid UTF-8 replaced).
+        payload: String,
+        /// Links it crossed.
+        hops: u8,
+        /// Unix milliseconds when it arrived.
+        received_at: u64,
+    },
+    /// A link to a neighbour came up and routing uses it.
+    LinkUp {
+        /// The neighbour.
+        peer: String,
+    },
+    /// A link to a neighbour went down.
+    LinkDown {
+        /// The neighbour.
+        peer: String,
+    },
+    /// A route was found by discovery.
+    RouteFound {
+        /// The route.
+        route: RouteInfo,
+    },
+    /// A broken route was replaced by another path without a new discovery.
+    RouteRepaired {
+        /// The new route.
+        route: RouteInfo,
+    },
+    /// A route was lost (and no other path is known).
+    RouteLost {
+        /// Its destination.
+        destination: String,
+    },
+    /// The subscriber fell behind and missed events.
+    Lagged {
+        /// How many.
+        missed: u64,
+    },
+}
+
 /// Why a routing call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -297,6 +344,7 @@ pub struct Routing {
     commands: mpsc::Sender<Command>,
     links: mpsc::Sender<LinkChange>,
     received: broadcast::Sender<ReceivedMessage>,
+    events: broadcast::Sender<MeshEvent>,
     link_changes_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -342,6 +390,7 @@ impl Routing {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (links_tx, links_rx) = mpsc::channel(LINK_QUEUE);
         let (received, _) = broadcast::channel(RECEIVED_KEPT);
+        let (events, _) = broadcast::channel(RECEIVED_KEPT);
         let (persist_tx, persist_rx) = mpsc::channel(1);
         let persist_task = tokio::spawn(persist(store, persist_rx));
         let driver = Driver {
@@ -358,6 +407,7 @@ impl Routing {
             next_sequence: rand::random::<u32>().into(),
             received: VecDeque::new(),
             subscribers: received.clone(),
+            events: events.clone(),
             stats: RoutingStats::default(),
             persisted: None,
             persist: persist_tx,
@@ -369,6 +419,7 @@ impl Routing {
             commands: commands_tx,
             links: links_tx,
             received,
+            events,
             link_changes_dropped: Default::default(),
         })
     }
@@ -484,6 +535,12 @@ impl Routing {
     /// [`RECEIVED_KEPT`] messages behind loses the oldest (`RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<ReceivedMessage> {
         self.received.subscribe()
+    }
+
+    /// A stream of [`MeshEvent`]s (messages, link and route changes) from now on. A
+    /// subscriber that falls more than [`RECEIVED_KEPT`] events behind misses the oldest.
+    pub fn events(&self) -> broadcast::Receiver<MeshEvent> {
+        self.events.subscribe()
     }
 
     /// The driver's counters.
@@ -618,6 +675,7 @@ struct Driver {
     next_sequence: u64,
     received: VecDeque<ReceivedMessage>,
     subscribers: broadcast::Sender<ReceivedMessage>,
+    events: broadcast::Sender<MeshEvent>,
     stats: RoutingStats,
     persisted: Option<Vec<RouteInfo>>,
     persist: mpsc::Sender<Vec<RouteRow>>,
@@ -854,6 +912,9 @@ impl Driver {
                     Ok(()) => {
                         tracing::debug!(%peer, "routing: neighbour up");
                         self.links.insert(peer, link);
+                        let _ = self.events.send(MeshEvent::LinkUp {
+                            peer: peer.to_string(),
+                        });
                     }
                     Err(error) => tracing::info!(%peer, %error, "routing: neighbour not used"),
                 }
@@ -863,6 +924,9 @@ impl Driver {
                     tracing::debug!(%peer, "routing: neighbour down");
                     self.links.remove(&peer);
                     self.router.link_down(at, peer);
+                    let _ = self.events.send(MeshEvent::LinkDown {
+                        peer: peer.to_string(),
+                    });
                 }
             }
         }
@@ -959,6 +1023,12 @@ impl Driver {
             self.received.pop_front();
         }
         self.received.push_back(message.clone());
+        let _ = self.events.send(MeshEvent::Message {
+            source: message.source.to_string(),
+            payload: String::from_utf8_lossy(&message.payload).into_owned(),
+            hops: message.hops,
+            received_at: message.received_at,
+        });
         let _ = self.subscribers.send(message);
 
         let ack_header = PacketHeader {
@@ -1027,6 +1097,7 @@ impl Driver {
                     for waiter in self.find_waiters.remove(&destination).unwrap_or_default() {
                         let _ = waiter.send(Ok(info.clone()));
                     }
+                    let _ = self.events.send(MeshEvent::RouteFound { route: info });
                     self.send_waiting_acks(&destination);
                 }
                 RouteEvent::RouteFailed { destination, .. } => {
@@ -1038,10 +1109,16 @@ impl Driver {
                 }
                 RouteEvent::RouteRepaired { destination, route } => {
                     tracing::debug!(%destination, next_hop = %route.next_hop, "route repaired");
+                    let _ = self.events.send(MeshEvent::RouteRepaired {
+                        route: RouteInfo::of(&route),
+                    });
                     self.send_waiting_acks(&destination);
                 }
                 RouteEvent::RouteLost { destination } => {
                     tracing::debug!(%destination, "route lost");
+                    let _ = self.events.send(MeshEvent::RouteLost {
+                        destination: destination.to_string(),
+                    });
                 }
                 RouteEvent::PeerMisbehaved { peer, reason } => {
                     self.stats.peers_misbehaved += 1;

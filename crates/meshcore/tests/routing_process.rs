@@ -1,6 +1,7 @@
 //! Multi-hop routing between real `meshcore` processes on loopback: a line of five nodes,
 //! each allowed to link only to its neighbours (setting `allowed_peers`), so that node 0
-//! reaches node 4 only through 1, 2 and 3.
+//! reaches node 4 only through 1, 2 and 3; and a ring of five whose node 1 is killed, after
+//! which node 0's messages to node 2 go the other way round.
 //!
 //! Every node listens on 127.0.0.1 and runs with `--no-lan`, so nothing leaves loopback.
 
@@ -102,6 +103,13 @@ async fn a_message_crosses_a_line_of_five_nodes() {
         "{routes}"
     );
 
+    // Node 4's event stream, opened before the message is sent.
+    let events_url = nodes[4].url("/v1/events").replacen("http://", "ws://", 1);
+    let (mut events, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(events_url))
+        .await
+        .expect("WebSocket handshake in time")
+        .expect("WebSocket upgrade");
+
     let (status, delivery) = send(
         http()
             .post(nodes[0].url("/v1/messages"))
@@ -122,6 +130,34 @@ async fn a_message_crosses_a_line_of_five_nodes() {
     assert_eq!(message["source"], ids[0].as_str(), "{received}");
     assert_eq!(message["payload"], "hello over four hops");
     assert_eq!(message["hops"], 4);
+
+    // The same message arrived on the event stream.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        use futures_util::StreamExt;
+        let frame = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("a message event in time")
+            .expect("the stream stays open")
+            .expect("a WebSocket frame");
+        let Ok(text) = frame.into_text() else {
+            continue;
+        };
+        let event: serde_json::Value = serde_json::from_str(&text).expect("JSON event");
+        if event["type"] == "message" {
+            assert_eq!(event["source"], ids[0].as_str(), "{event}");
+            assert_eq!(event["payload"], "hello over four hops", "{event}");
+            assert_eq!(event["hops"], 4, "{event}");
+            break;
+        }
+    }
+    // A plain GET (no upgrade) is refused with a JSON error.
+    let (status, body) = send(http().get(nodes[4].url("/v1/events"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("not_websocket")),
+        "{body}"
+    );
 
     // The command line does the same.
     let mut command = Command::new(BINARY);
@@ -181,4 +217,87 @@ async fn a_message_crosses_a_line_of_five_nodes() {
     for node in nodes {
         node.terminate();
     }
+}
+
+/// Sends `payload` from `from` to `to` until one is delivered; returns the delivery.
+async fn deliver_eventually(from: &NodeProcess, to: &str, payload: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = send(
+            http()
+                .post(from.url("/v1/messages"))
+                .json(&json!({ "destination": to, "payload": payload })),
+        )
+        .await;
+        if status == 200 {
+            return body;
+        }
+        assert!(
+            [404, 504].contains(&status),
+            "a failed send must say no route or timeout: {status} {body}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery within {WAIT:?}: last answer {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_resumes_around_a_ring_when_the_middle_node_dies() {
+    // A ring of five: 0–1–2–3–4–0. From 0, node 2 is two hops away through 1, three through
+    // 4 and 3.
+    const RING: usize = 5;
+    let dirs: Vec<tempfile::TempDir> = (0..RING)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let ids: Vec<String> = dirs.iter().map(|dir| node_id_of(dir.path())).collect();
+    let neighbours = |i: usize| [(i + RING - 1) % RING, (i + 1) % RING];
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..RING {
+        let allowed = format!(
+            "allowed_peers={},{}",
+            ids[neighbours(i)[0]],
+            ids[neighbours(i)[1]]
+        );
+        let mut args = vec!["--set", &allowed, "--set", "min_connections=2"];
+        let mut entries = Vec::new();
+        if let Some(previous) = nodes.last() {
+            entries.push(previous.address());
+        }
+        if i == RING - 1 {
+            entries.push(nodes[0].address());
+        }
+        for entry in &entries {
+            args.extend(["--bootstrap", entry.as_str()]);
+        }
+        nodes.push(NodeProcess::start(dirs[i].path(), &args));
+    }
+    eventually("every node to link to its two ring neighbours", || async {
+        for node in &nodes {
+            if node.links().await.len() < 2 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    let first = deliver_eventually(&nodes[0], &ids[2], "before").await;
+    assert_eq!(first["hops"], 2, "the short way, through node 1: {first}");
+
+    // Node 1 dies without a word (SIGKILL): node 0 learns it when the link times out.
+    let mut nodes: Vec<Option<NodeProcess>> = nodes.into_iter().map(Some).collect();
+    nodes[1].take().expect("node 1").kill_hard();
+    let sender = nodes[0].as_ref().expect("node 0");
+    let after = deliver_eventually(sender, &ids[2], "after").await;
+    assert_eq!(after["hops"], 3, "the long way, through 4 and 3: {after}");
+    let receiver = nodes[2].as_ref().expect("node 2");
+    let (_, received) = send(http().get(receiver.url("/v1/messages"))).await;
+    let payloads: Vec<&str> = received
+        .as_array()
+        .map(|all| all.iter().filter_map(|m| m["payload"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(payloads.contains(&"after"), "{received}");
 }
