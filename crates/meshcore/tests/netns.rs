@@ -98,6 +98,12 @@ impl Lab {
     /// Joins two hosts with a veth pair on the /24 `net` (e.g. "198.51.100"): host `a` gets
     /// .1 and host `b` gets .2.
     fn wire(&self, a: usize, b: usize, net: &str) {
+        self.wire_with(a, b, &format!("{net}.1/24"), &format!("{net}.2/24"));
+    }
+
+    /// Joins two hosts with a veth pair, giving them the addresses (with prefix length)
+    /// `a_addr` and `b_addr`.
+    fn wire_with(&self, a: usize, b: usize, a_addr: &str, b_addr: &str) {
         let (va, vb) = (self.veth(a, b), self.veth(b, a));
         ip(&[
             "link",
@@ -113,24 +119,8 @@ impl Lab {
             "netns",
             self.ns(b),
         ]);
-        ip(&[
-            "-n",
-            self.ns(a),
-            "addr",
-            "add",
-            &format!("{net}.1/24"),
-            "dev",
-            &va,
-        ]);
-        ip(&[
-            "-n",
-            self.ns(b),
-            "addr",
-            "add",
-            &format!("{net}.2/24"),
-            "dev",
-            &vb,
-        ]);
+        ip(&["-n", self.ns(a), "addr", "add", a_addr, "dev", &va]);
+        ip(&["-n", self.ns(b), "addr", "add", b_addr, "dev", &vb]);
         ip(&["-n", self.ns(a), "link", "set", &va, "up"]);
         ip(&["-n", self.ns(b), "link", "set", &vb, "up"]);
     }
@@ -176,6 +166,25 @@ struct NsNode {
 }
 
 impl NsNode {
+    /// Runs `meshcore ARGS --api API --json` inside the host and returns its JSON answer, or
+    /// the failure's stderr.
+    async fn cli(&self, args: &[&str]) -> Result<Value, String> {
+        let run = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns, BINARY])
+            .args(args)
+            .args(["--api", API, "--json"])
+            .output();
+        let output = tokio::time::timeout(WAIT, run)
+            .await
+            .expect("the command answered in time")
+            .expect("run meshcore");
+        if output.status.success() {
+            Ok(serde_json::from_slice(&output.stdout).expect("JSON"))
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).into_owned())
+        }
+    }
+
     async fn linked_ids(&self) -> Vec<String> {
         let run = tokio::process::Command::new("ip")
             .args([
@@ -315,4 +324,74 @@ async fn a_line_of_hosts_links_neighbours_survives_a_cut_and_a_bandwidth_limit()
         || async { lab.nodes[left].linked_ids().await.contains(&middle_id) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_crosses_a_line_of_five_hosts() {
+    if !can_use_namespaces("a_message_crosses_a_line_of_five_hosts") {
+        return;
+    }
+    // h0 — h1 — h2 — h3 — h4, each wire its own /26 of the test ranges and no forwarding:
+    // a host reaches only its neighbours, so h0 reaches h4 only through the mesh.
+    let wires = [
+        ("198.51.100.1/26", "198.51.100.2/26"),
+        ("198.51.100.65/26", "198.51.100.66/26"),
+        ("203.0.113.1/26", "203.0.113.2/26"),
+        ("203.0.113.65/26", "203.0.113.66/26"),
+    ];
+    let mut lab = Lab::new(5);
+    for (i, (a, b)) in wires.iter().enumerate() {
+        lab.wire_with(i, i + 1, a, b);
+    }
+    let ip_of = |cidr: &str| cidr.split('/').next().expect("address").to_owned();
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let mut ids: Vec<String> = Vec::new();
+    for host in 0..5 {
+        let listen = match host {
+            0 => format!("{}:7000", ip_of(wires[0].0)),
+            4 => format!("{}:7000", ip_of(wires[3].1)),
+            _ => "0.0.0.0:7000".to_owned(),
+        };
+        let mut extra = vec![
+            "--no-lan".to_owned(),
+            "--set".to_owned(),
+            "min_connections=1".to_owned(),
+        ];
+        if host > 0 {
+            // Join through the previous host, at its address on the shared wire.
+            extra.extend([
+                "--bootstrap".to_owned(),
+                format!("{}@{}:7000", ids[host - 1], ip_of(wires[host - 1].0)),
+            ]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let node = lab.start(host, dirs[host].path(), &listen, &extra);
+        ids.push(lab.nodes[node].process.node_id.clone());
+    }
+    eventually("every host to link with its line neighbours", || async {
+        for host in 0..5 {
+            let linked = lab.nodes[host].linked_ids().await;
+            let wanted = [host.checked_sub(1), Some(host + 1)];
+            for neighbour in wanted.into_iter().flatten().filter(|&n| n < 5) {
+                if !linked.contains(&ids[neighbour]) {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+
+    let route = lab.nodes[0]
+        .cli(&["route", "find", &ids[4]])
+        .await
+        .expect("a route from h0 to h4");
+    assert_eq!(route["hop_count"], 4, "{route}");
+    assert_eq!(route["next_hop"], ids[1].as_str(), "{route}");
+    let delivery = lab.nodes[0]
+        .cli(&["send", &ids[4], "across five hosts"])
+        .await
+        .expect("delivered");
+    assert_eq!(delivery["delivered"], true, "{delivery}");
+    assert_eq!(delivery["hops"], 4, "{delivery}");
 }
