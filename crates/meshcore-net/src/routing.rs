@@ -62,6 +62,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use meshcore_proto::e2e::{self, Receiver, ReceiverConfig, Session};
+use meshcore_proto::identity::NODE_ID_LEN;
 use meshcore_proto::route::{
     self, FindRouteError, LinkQuality, PacketHeader, Route, RouteConfigError, RouteEvent,
     RouteLookup, Router, RouterConfig, Timestamp, HEADER_LEN, MAX_PATH_LEN,
@@ -605,22 +606,27 @@ pub enum DropReason {
 pub fn route_packet(
     local: &NodeId,
     frame: &Bytes,
-    next_hop: impl FnOnce(&NodeId) -> Option<NodeId>,
+    next_hop: impl FnOnce(&[u8; NODE_ID_LEN]) -> Option<NodeId>,
 ) -> PacketAction {
     let Some((&tag, packet)) = frame.split_first() else {
         return PacketAction::Drop(DropReason::Malformed);
     };
-    let Ok((header, _)) = PacketHeader::decode(packet) else {
+    // A relay reads only the destination's bytes: validating keys as curve points costs
+    // microseconds per packet, and an id that is not a known destination has no next hop.
+    let Ok(destination) = PacketHeader::peek_destination(packet) else {
         return PacketAction::Drop(DropReason::Malformed);
     };
-    if header.destination == *local {
+    if destination == local.as_bytes() {
+        let Ok((header, _)) = PacketHeader::decode(packet) else {
+            return PacketAction::Drop(DropReason::Malformed);
+        };
         return PacketAction::Deliver {
             header,
             tag,
             payload: frame.slice(1 + HEADER_LEN..),
         };
     }
-    let Some(to) = next_hop(&header.destination) else {
+    let Some(to) = next_hop(destination) else {
         return PacketAction::Drop(DropReason::NoRoute);
     };
     let mut forwarded = BytesMut::from(&frame[..]);
@@ -943,7 +949,7 @@ impl Driver {
             },
             Some(&(TAG_DATA | TAG_ACK)) => {
                 let action = route_packet(&self.local, &frame.data, |destination| {
-                    self.router.next_hop(destination)
+                    self.router.next_hop_for(destination)
                 });
                 match action {
                     PacketAction::Deliver {
@@ -1183,7 +1189,9 @@ mod tests {
         let frame = packet(TAG_DATA, 9, &payload);
         let relay = id(2);
         let PacketAction::Forward { to, frame: out } =
-            route_packet(&relay, &frame, |destination| Some(*destination))
+            route_packet(&relay, &frame, |destination| {
+                NodeId::from_bytes(*destination).ok()
+            })
         else {
             panic!("a packet for another node is forwarded");
         };
@@ -1218,16 +1226,19 @@ mod tests {
             PacketAction::Drop(DropReason::NoRoute)
         );
         assert_eq!(
-            route_packet(&relay, &packet(TAG_DATA, 0, b"x"), |d| Some(*d)),
+            route_packet(&relay, &packet(TAG_DATA, 0, b"x"), |d| NodeId::from_bytes(
+                *d
+            )
+            .ok()),
             PacketAction::Drop(DropReason::HopLimit)
         );
         let truncated = packet(TAG_DATA, 3, b"").slice(..HEADER_LEN);
         assert_eq!(
-            route_packet(&relay, &truncated, |d| Some(*d)),
+            route_packet(&relay, &truncated, |d| NodeId::from_bytes(*d).ok()),
             PacketAction::Drop(DropReason::Malformed)
         );
         assert_eq!(
-            route_packet(&relay, &Bytes::new(), |d| Some(*d)),
+            route_packet(&relay, &Bytes::new(), |d| NodeId::from_bytes(*d).ok()),
             PacketAction::Drop(DropReason::Malformed)
         );
     }

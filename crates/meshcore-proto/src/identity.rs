@@ -54,6 +54,14 @@ impl NodeId {
         Ok(Self(bytes))
     }
 
+    /// Wraps bytes **without** checking them, only to search a map keyed by `NodeId` (a
+    /// relay looking up a packet's destination): such a value must never leave the lookup,
+    /// since every other `NodeId` holds a valid key. Bytes that are not a valid key are
+    /// simply never found.
+    pub(crate) const fn lookup_key(bytes: [u8; NODE_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
     /// The raw 32 bytes of the public key.
     pub fn as_bytes(&self) -> &[u8; NODE_ID_LEN] {
         &self.0

@@ -31,3 +31,48 @@ fn an_oversized_frame_is_refused_by_the_argument_parser() {
     assert!(!success);
     assert!(stderr.contains("--frame"), "{stderr}");
 }
+
+#[test]
+fn the_route_bench_reports_every_measurement() {
+    let mut command = Command::new(common::BINARY);
+    command
+        .args(["bench", "route", "--samples", "5", "--warmup", "2"])
+        .args(["--packets", "1000", "--routes", "200", "--mib", "1"])
+        .args([
+            "--message",
+            "4096",
+            "--in-flight",
+            "4",
+            "--recoveries",
+            "1",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn");
+    let (success, stdout, stderr) = common::run_to_end(command);
+    assert!(success, "bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    let positive = |value: &serde_json::Value, what: &str| {
+        let v = value
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what} is not a number"));
+        assert!(v.is_finite() && v > 0.0, "{what} = {v}");
+    };
+    let latency = report["latency"].as_array().expect("latency lines");
+    assert_eq!(latency.len(), 4, "direct and 1, 2, 3 relays");
+    for (relays, line) in latency.iter().enumerate() {
+        assert_eq!(line["relays"], relays);
+        assert_eq!(line["hops"], relays + 1, "links crossed one way");
+        assert_eq!(line["rtt"]["samples"], 5);
+        positive(&line["rtt"]["median_us"], "rtt median");
+    }
+    positive(&report["relay_forwarding"]["packets_per_s"], "relay rate");
+    let lines = report["throughput"]["lines"].as_array().expect("lines");
+    assert_eq!(lines.len(), 4);
+    for line in lines {
+        positive(&line["payload_bytes_acknowledged"], "bytes acknowledged");
+    }
+    assert_eq!(report["memory"]["routes"], 200);
+    assert_eq!(report["memory"]["hop_count"], 2);
+    assert_eq!(report["recovery"]["runs"], 1);
+    positive(&report["recovery"]["median_ms"], "recovery time");
+}

@@ -101,6 +101,22 @@ impl PacketHeader {
         ))
     }
 
+    /// The destination's raw key bytes, read without decoding the rest of the header or
+    /// checking that they are a valid key: what a relay needs to pick the next hop (see
+    /// [`Router::next_hop_for`](crate::route::Router::next_hop_for)). Checks the length and
+    /// the version.
+    pub fn peek_destination(packet: &[u8]) -> Result<&[u8; NODE_ID_LEN], HeaderError> {
+        let header = packet
+            .get(..HEADER_LEN)
+            .ok_or(HeaderError::TooShort(packet.len()))?;
+        if header[0] != HEADER_VERSION {
+            return Err(HeaderError::UnknownVersion(header[0]));
+        }
+        header[DESTINATION_AT..DESTINATION_AT + NODE_ID_LEN]
+            .try_into()
+            .map_err(|_| HeaderError::TooShort(packet.len()))
+    }
+
     /// Prepares `packet` to be passed on: decrements its hop limit in place and returns
     /// the new value. Refuses a packet whose hop limit is already 0. Touches nothing else.
     pub fn forward_in_place(packet: &mut [u8]) -> Result<u8, HeaderError> {

@@ -380,6 +380,15 @@ impl Router {
         self.destinations.get(destination)?.selected
     }
 
+    /// [`next_hop`](Self::next_hop) for a destination given as raw key bytes (from
+    /// [`PacketHeader::peek_destination`](crate::route::PacketHeader::peek_destination)): bytes
+    /// that are not a known destination, valid key or not, have no next hop.
+    pub fn next_hop_for(&self, destination: &[u8; crate::identity::NODE_ID_LEN]) -> Option<NodeId> {
+        self.destinations
+            .get(&NodeId::lookup_key(*destination))?
+            .selected
+    }
+
     /// The selected route to `destination`, as of the last input.
     pub fn route(&self, destination: &NodeId) -> Option<Route> {
         self.route_of(destination, self.destinations.get(destination)?)

@@ -2,8 +2,6 @@
 //! distance, the selected route and its precursors; and [`Route`], the public view of a
 //! selected route.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use crate::dht::time::Timestamp;
 use crate::identity::NodeId;
 use crate::route::advert::SignedAdvert;
@@ -66,6 +64,103 @@ pub(crate) struct Candidate {
     pub(crate) expires_at: Timestamp,
 }
 
+/// A map from neighbour to value kept as a vector sorted by neighbour: a destination has
+/// one entry per neighbour that advertised it, usually one to three, and a `BTreeMap`
+/// would allocate a whole node (about 2 KiB here) for the first. Same iteration order
+/// (ascending id) as a `BTreeMap`, so behaviour stays deterministic.
+#[derive(Debug, Clone)]
+pub(crate) struct NeighbourMap<V>(Vec<(NodeId, V)>);
+
+impl<V> Default for NeighbourMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V> NeighbourMap<V> {
+    fn position(&self, key: &NodeId) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    pub(crate) fn get(&self, key: &NodeId) -> Option<&V> {
+        self.position(key).ok().map(|at| &self.0[at].1)
+    }
+
+    pub(crate) fn contains_key(&self, key: &NodeId) -> bool {
+        self.position(key).is_ok()
+    }
+
+    pub(crate) fn insert(&mut self, key: NodeId, value: V) -> Option<V> {
+        match self.position(&key) {
+            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, value)),
+            Err(at) => {
+                self.0.insert(at, (key, value));
+                self.0.shrink_to_fit();
+                None
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: &NodeId) -> Option<V> {
+        let at = self.position(key).ok()?;
+        let (_, value) = self.0.remove(at);
+        self.0.shrink_to_fit();
+        Some(value)
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&NodeId, &mut V) -> bool) {
+        self.0.retain_mut(|(key, value)| keep(key, value));
+        self.0.shrink_to_fit();
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&NodeId, &V)> {
+        self.0.iter().map(|(key, value)| (key, value))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, value)| value)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A set of neighbours kept as a sorted vector (see [`NeighbourMap`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NeighbourSet(NeighbourMap<()>);
+
+impl NeighbourSet {
+    pub(crate) fn insert(&mut self, key: NodeId) -> bool {
+        self.0.insert(key, ()).is_none()
+    }
+
+    pub(crate) fn remove(&mut self, key: &NodeId) -> bool {
+        self.0.remove(key).is_some()
+    }
+}
+
+impl Extend<NodeId> for NeighbourSet {
+    fn extend<T: IntoIterator<Item = NodeId>>(&mut self, keys: T) {
+        for key in keys {
+            self.insert(key);
+        }
+    }
+}
+
+impl IntoIterator for NeighbourSet {
+    type Item = NodeId;
+    type IntoIter = std::iter::Map<std::vec::IntoIter<(NodeId, ())>, fn((NodeId, ())) -> NodeId>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        (self.0).0.into_iter().map(|(key, ())| key)
+    }
+}
+
 /// Everything this node knows about one destination.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DestinationEntry {
@@ -77,11 +172,11 @@ pub(crate) struct DestinationEntry {
     /// stale by that time.
     pub(crate) fd_hold_until: Timestamp,
     /// One candidate per neighbour.
-    pub(crate) candidates: BTreeMap<NodeId, Candidate>,
+    pub(crate) candidates: NeighbourMap<Candidate>,
     /// The neighbour whose candidate is selected.
     pub(crate) selected: Option<NodeId>,
     /// Neighbours this node advertised the route to; they hear a RERR when it is lost.
-    pub(crate) precursors: BTreeSet<NodeId>,
+    pub(crate) precursors: NeighbourSet,
     /// Asked for by `find_route`; lost routes are rediscovered until then.
     pub(crate) wanted_until: Option<Timestamp>,
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 mod dht;
+mod route;
 mod throughput;
 
 /// How long any single step of a benchmark may take.
@@ -78,6 +79,38 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// Multi-hop routing: latency added per relay (lines of 0–3 relays), a relay's
+    /// per-packet forwarding rate, end-to-end throughput through relays, memory per route
+    /// and the time to deliver again after the relay in use goes away.
+    Route {
+        /// Timed round trips per line.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// Untimed round trips per line before them.
+        #[arg(long, default_value_t = 200)]
+        warmup: usize,
+        /// Packets through `route_packet` in the relay microbenchmark.
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u64,
+        /// Routes installed in a router for the memory measurement.
+        #[arg(long, default_value_t = 20_000)]
+        routes: usize,
+        /// MiB sent through each line for end-to-end throughput (0: skip).
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        /// Bytes per message for end-to-end throughput.
+        #[arg(long, default_value_t = 16 * 1024)]
+        message: usize,
+        /// Messages in flight for end-to-end throughput.
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+        /// Link-failure recoveries timed.
+        #[arg(long, default_value_t = 10)]
+        recoveries: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -122,6 +155,27 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             runs,
             json,
         } => runtime.block_on(throughput::bench(mib, frame as usize, runs, json)),
+        BenchKind::Route {
+            samples,
+            warmup,
+            packets,
+            routes,
+            mib,
+            message,
+            in_flight,
+            recoveries,
+            json,
+        } => runtime.block_on(route::bench(route::RouteBenchArgs {
+            samples,
+            warmup,
+            packets,
+            routes,
+            bulk_bytes: mib * 1024 * 1024,
+            message,
+            in_flight,
+            recoveries,
+            json,
+        })),
     }
 }
 
