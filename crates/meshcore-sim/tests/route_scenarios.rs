@@ -2,29 +2,19 @@
 //! same seed gives the same report, cut links are repaired around where a path remains,
 //! and destinations beyond `max_hops` fail as they should.
 //!
-//! Sizes depend on the build. Every route request makes its originator sign and every
-//! node it reaches verify an Ed25519 signature, which an unoptimised build does about a
-//! hundred times slower, so a debug `cargo test` runs networks of 16–36 nodes (about half a
-//! minute in all on two idle cores) and `cargo test --release` runs the same scenarios at
-//! 100–200 nodes.
+//! Networks of 100–200 nodes. Every route request makes its originator sign and every node
+//! it reaches verify an Ed25519 signature; the workspace optimises the curve and hash crates
+//! even in debug builds (`[profile.dev.package.*]` in Cargo.toml), which keeps these runs to
+//! seconds.
 
 use meshcore_sim::route::{
     simulate_route, FlowEndpoints, LinkFailures, RouteSimConfig, RouteSimReport, Topology,
 };
 
-/// `debug` in an unoptimised build, `release` otherwise.
-fn size(debug: usize, release: usize) -> usize {
-    if cfg!(debug_assertions) {
-        debug
-    } else {
-        release
-    }
-}
-
 /// A short scenario: a 20 s traffic phase, five packets per flow.
 fn config(topology: Topology, nodes: usize, seed: u64) -> RouteSimConfig {
     let mut config = RouteSimConfig::new(topology, nodes, seed);
-    config.flows = size(12, 60);
+    config.flows = 60;
     config.packets_per_flow = 5;
     config.duration_ms = 20_000;
     config
@@ -77,7 +67,7 @@ fn assert_delivers(report: &RouteSimReport, min_ratio: f64) {
 
 #[test]
 fn a_line_delivers_without_loops() {
-    let report = run(&config(Topology::Line, size(30, 200), 1));
+    let report = run(&config(Topology::Line, 200, 1));
     assert_eq!(report.topology.links, report.topology.nodes - 1);
     assert_eq!(report.flows_beyond_max_hops, 0);
     assert_delivers(&report, 0.95);
@@ -85,21 +75,21 @@ fn a_line_delivers_without_loops() {
 
 #[test]
 fn a_ring_delivers_without_loops() {
-    let report = run(&config(Topology::Ring, size(30, 200), 2));
+    let report = run(&config(Topology::Ring, 200, 2));
     assert_eq!(report.topology.links, report.topology.nodes);
     assert_delivers(&report, 0.95);
 }
 
 #[test]
 fn a_grid_delivers_without_loops() {
-    let report = run(&config(Topology::Grid, size(36, 196), 3));
+    let report = run(&config(Topology::Grid, 196, 3));
     assert_eq!(report.topology.max_degree, 4);
     assert_delivers(&report, 0.9);
 }
 
 #[test]
 fn a_random_geometric_graph_delivers_without_loops() {
-    let report = run(&config(Topology::RandomGeometric, size(36, 150), 4));
+    let report = run(&config(Topology::RandomGeometric, 150, 4));
     assert!(report.topology.radius.is_some());
     assert!(report.topology.mean_degree > 4.0, "{:?}", report.topology);
     assert_delivers(&report, 0.85);
@@ -107,8 +97,8 @@ fn a_random_geometric_graph_delivers_without_loops() {
 
 #[test]
 fn the_same_seed_gives_the_same_report() {
-    let mut with_failures = config(Topology::Grid, size(16, 100), 5);
-    with_failures.flows = size(6, 60);
+    let mut with_failures = config(Topology::Grid, 100, 5);
+    with_failures.flows = 60;
     with_failures.link_failures = LinkFailures::Count(2);
     let first = run(&with_failures);
     let second = run(&with_failures);
@@ -123,7 +113,7 @@ fn the_same_seed_gives_the_same_report() {
 
 #[test]
 fn cut_links_are_routed_around_where_a_path_remains() {
-    let mut failing = config(Topology::Grid, size(30, 196), 7);
+    let mut failing = config(Topology::Grid, 196, 7);
     failing.link_failures = LinkFailures::Fraction(0.1);
     let report = run(&failing);
     let expected_cuts = (0.1 * report.topology.links as f64).round() as u64;
@@ -141,8 +131,8 @@ fn cut_links_are_routed_around_where_a_path_remains() {
 fn destinations_beyond_max_hops_fail_and_only_they_do() {
     // On a line much longer than max_hops, many random destinations are out of reach:
     // their discoveries fail, the others deliver.
-    let mut far = config(Topology::Line, size(24, 100), 8);
-    far.flows = size(8, 60);
+    let mut far = config(Topology::Line, 100, 8);
+    far.flows = 60;
     far.endpoints = FlowEndpoints::AnyReachable;
     let mut last = (0, 0);
     let report = simulate_route(&far, |done, total| {
