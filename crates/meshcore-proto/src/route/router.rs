@@ -215,13 +215,33 @@ impl TokenBucket {
 /// Remembered `(originator, rreq_id)` pairs, oldest first; bounded in time and number.
 #[derive(Debug, Clone, Default)]
 struct SeenRreqs {
-    expiry: BTreeMap<(NodeId, u32), Timestamp>,
+    /// Per request: when it is forgotten, and the most TTL any copy of it arrived with.
+    expiry: BTreeMap<(NodeId, u32), (Timestamp, u8)>,
     order: VecDeque<(Timestamp, (NodeId, u32))>,
 }
 
+/// What a node has seen of a route request before this copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sighting {
+    /// The first copy.
+    First,
+    /// An earlier copy arrived with less TTL left: this one came a shorter way and can reach
+    /// further, so it is passed on too (at most `max_hops` times per request and node).
+    MoreReach,
+    /// An earlier copy had at least as much TTL left.
+    Duplicate,
+}
+
 impl SeenRreqs {
-    /// Remembers `key` until `until`; returns whether it was new.
-    fn insert(&mut self, now: Timestamp, key: (NodeId, u32), until: Timestamp, max: usize) -> bool {
+    /// Remembers `key` until `until` with the copy's `ttl`; says what was seen before.
+    fn insert(
+        &mut self,
+        now: Timestamp,
+        key: (NodeId, u32),
+        ttl: u8,
+        until: Timestamp,
+        max: usize,
+    ) -> Sighting {
         while let Some(&(expires_at, old)) = self.order.front() {
             if expires_at > now && self.order.len() < max {
                 break;
@@ -229,12 +249,16 @@ impl SeenRreqs {
             self.order.pop_front();
             self.expiry.remove(&old);
         }
-        if self.expiry.contains_key(&key) {
-            return false;
+        if let Some((_, best_ttl)) = self.expiry.get_mut(&key) {
+            if ttl > *best_ttl {
+                *best_ttl = ttl;
+                return Sighting::MoreReach;
+            }
+            return Sighting::Duplicate;
         }
-        self.expiry.insert(key, until);
+        self.expiry.insert(key, (until, ttl));
         self.order.push_back((until, key));
-        true
+        Sighting::First
     }
 
     fn len(&self) -> usize {
@@ -668,17 +692,18 @@ impl Router {
         }
         let until = now.saturating_add(self.config.rreq_seen_time);
         let key = (originator, rreq.rreq_id);
-        if !self
-            .seen_rreqs
-            .insert(now, key, until, self.config.max_seen_rreqs)
-        {
-            self.counters.rreqs_duplicate += 1;
-            return;
-        }
-        if rreq.destination == self.local {
-            self.answer_rreq(now, &rreq);
-        } else if rreq.ttl > 1 {
-            self.forward_rreq(now, from, &rreq);
+        let sighting =
+            self.seen_rreqs
+                .insert(now, key, rreq.ttl, until, self.config.max_seen_rreqs);
+        match sighting {
+            Sighting::First if rreq.destination == self.local => self.answer_rreq(now, &rreq),
+            Sighting::First | Sighting::MoreReach
+                if rreq.destination != self.local && rreq.ttl > 1 =>
+            {
+                self.forward_rreq(now, from, &rreq)
+            }
+            Sighting::First | Sighting::MoreReach => {}
+            Sighting::Duplicate => self.counters.rreqs_duplicate += 1,
         }
     }
 
@@ -1251,5 +1276,31 @@ impl Router {
             return;
         }
         self.events.push_back(event);
+    }
+}
+
+#[cfg(test)]
+mod seen_rreq_tests {
+    use super::*;
+    use crate::identity::NodeKeypair;
+    use rand_chacha::rand_core::SeedableRng;
+
+    #[test]
+    fn a_later_copy_with_more_ttl_is_passed_on_once_per_gain() {
+        let origin =
+            NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1)).node_id();
+        let mut seen = SeenRreqs::default();
+        let (now, until) = (Timestamp::from_millis(0), Timestamp::from_millis(10_000));
+        let key = (origin, 7);
+        assert_eq!(seen.insert(now, key, 3, until, 16), Sighting::First);
+        assert_eq!(seen.insert(now, key, 3, until, 16), Sighting::Duplicate);
+        assert_eq!(seen.insert(now, key, 2, until, 16), Sighting::Duplicate);
+        assert_eq!(seen.insert(now, key, 5, until, 16), Sighting::MoreReach);
+        assert_eq!(seen.insert(now, key, 5, until, 16), Sighting::Duplicate);
+        assert_eq!(seen.insert(now, (origin, 8), 1, until, 16), Sighting::First);
+        assert_eq!(seen.len(), 2);
+        // Forgotten after `until`: a copy then counts as new.
+        let later = Timestamp::from_millis(10_001);
+        assert_eq!(seen.insert(later, key, 1, later, 16), Sighting::First);
     }
 }
