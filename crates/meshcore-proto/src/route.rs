@@ -7,9 +7,11 @@
 //! - **Discovery** (AODV, RFC 3561, reshaped). [`Router::find_route`] floods a
 //!   [`Rreq`] with an expanding ring: TTL 1, 2, 4, … up to `max_hops`
 //!   (default 10), then `rreq_retries` more floods at `max_hops`; each ring waits
-//!   `2 · node_traversal_time · (ttl + 2)`. Every node forwards a given
-//!   `(originator, rreq_id)` once (a bounded, expiring duplicate cache) and learns a reverse
-//!   route to the originator from it. Only the destination answers, with a
+//!   `2 · node_traversal_time · (ttl + 2)`. Every node forwards the first copy of a given
+//!   `(originator, rreq_id)` and, after it, only copies that arrive with more TTL left than
+//!   any before (they came a shorter way and reach further; at most `max_hops` per request),
+//!   remembered in a bounded, expiring cache; it learns a reverse route to the originator
+//!   from every copy. Only the destination answers, with a
 //!   [`Rrep`] carrying a fresh sequence number, unicast back along the
 //!   reverse routes. A lost link or an unreachable destination is reported by a
 //!   [`Rerr`] to the *precursors* — the neighbours this node advertised the

@@ -115,7 +115,8 @@ pub struct RouteCounters {
     pub rreqs_originated: u64,
     /// Route requests forwarded.
     pub rreqs_forwarded: u64,
-    /// Route requests already seen (or this node's own, echoed back), not forwarded again.
+    /// Route requests already seen with at least as much TTL (or this node's own, echoed
+    /// back), not forwarded again.
     pub rreqs_duplicate: u64,
     /// Route requests not sent because of `rreq_rate_limit`.
     pub rreqs_rate_limited: u64,
