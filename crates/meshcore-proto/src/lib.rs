@@ -11,6 +11,7 @@
 //! - [`dht`]: the Kademlia DHT (routing table, lookups, records, the `DhtNode` state machine).
 //! - [`e2e`]: end-to-end encryption of routed payloads (X25519 + HKDF-SHA256 → AES-256-GCM, replay window).
 //! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
+//! - [`ledger`]: the relay ledger (pay-per-forward charges, signed cumulative IOUs, credit limits).
 //! - [`link`]: the link protocol messages and link quality.
 //! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).
 //! - [`route`]: the mesh router (AODV-style discovery, feasibility-checked loop freedom, hellos, Dijkstra).
@@ -19,6 +20,7 @@
 pub mod dht;
 pub mod e2e;
 pub mod identity;
+pub mod ledger;
 pub mod link;
 pub mod peers;
 pub mod route;
