@@ -293,7 +293,7 @@ pub enum RouteError {
     ShuttingDown,
 }
 
-/// Running totals of the driver (the router's own are in [`RoutingStats::router`]).
+/// Running totals of the routing driver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RoutingStats {
     /// Packets passed on to a next hop.

@@ -97,6 +97,10 @@ pub struct NodeStats {
     pub dht_peers: usize,
     /// Bytes of DHT records held, against `dht_storage_bytes`.
     pub dht_storage_used_bytes: u64,
+    /// The routing driver's counters (packets forwarded, delivered, dropped by reason,
+    /// packets that failed end-to-end opening, …); absent when routing is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<meshcore_net::routing::RoutingStats>,
 }
 
 /// A handle to the running node. Clones share the node.
@@ -357,6 +361,10 @@ impl Node {
             dht_records: counts.dht_records,
             dht_peers: dht.routing_table_len,
             dht_storage_used_bytes: dht.storage_used_bytes,
+            routing: match self.routing() {
+                Some(routing) => routing.stats().await.ok(),
+                None => None,
+            },
         })
     }
 

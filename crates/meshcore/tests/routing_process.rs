@@ -151,6 +151,19 @@ async fn a_message_crosses_a_line_of_five_nodes() {
             break;
         }
     }
+    // The counters show who relayed and who received.
+    let (_, middle) = send(http().get(nodes[2].url("/v1/stats"))).await;
+    assert!(
+        middle["routing"]["packets_forwarded"].as_u64() >= Some(2),
+        "{middle}"
+    );
+    let (_, end) = send(http().get(nodes[4].url("/v1/stats"))).await;
+    assert!(
+        end["routing"]["packets_delivered"].as_u64() >= Some(1),
+        "{end}"
+    );
+    assert_eq!(end["routing"]["e2e_rejected"], 0, "{end}");
+
     // A plain GET (no upgrade) is refused with a JSON error.
     let (status, body) = send(http().get(nodes[4].url("/v1/events"))).await;
     assert_eq!(
