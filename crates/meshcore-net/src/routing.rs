@@ -111,6 +111,13 @@ pub const MAX_PENDING_ACKS: usize = 1024;
 pub const MAX_PENDING_ACK_PACKETS: usize = 256;
 /// Received messages kept for [`Routing::received`] (the oldest is forgotten first).
 pub const RECEIVED_KEPT: usize = 256;
+/// A message not acknowledged within this is sent again (sealed afresh, same sequence, over
+/// the route known then, or after a new discovery), until its caller's timeout.
+pub const RETRANSMIT_AFTER: Duration = Duration::from_millis(1000);
+/// (source, sequence) pairs of delivered messages remembered, so that a message sent again
+/// is acknowledged again but delivered once.
+pub const DELIVERED_KEPT: usize = 4096;
+
 /// Least time between two writes of the route table to the store.
 pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -318,6 +325,11 @@ pub struct RoutingStats {
     pub peers_misbehaved: u64,
     /// Packets for this node that failed to open (forged, altered, replayed or expired).
     pub e2e_rejected: u64,
+    /// Messages sent again because no acknowledgement came in time.
+    pub retransmissions: u64,
+    /// Messages received again (their acknowledgement was lost): acknowledged, not
+    /// delivered twice.
+    pub duplicates_suppressed: u64,
 }
 
 enum Command {
@@ -404,6 +416,8 @@ impl Routing {
             links: BTreeMap::new(),
             find_waiters: HashMap::new(),
             pending_acks: HashMap::new(),
+            delivered: std::collections::HashSet::new(),
+            delivered_order: VecDeque::new(),
             ack_packets: VecDeque::new(),
             next_sequence: rand::random::<u32>().into(),
             received: VecDeque::new(),
@@ -661,6 +675,10 @@ struct PendingAck {
     destination: NodeId,
     sent: tokio::time::Instant,
     reply: oneshot::Sender<Result<Delivery, RouteError>>,
+    /// The message, kept to send it again (sealed afresh, same sequence) until it is
+    /// acknowledged or its caller gives up.
+    payload: Bytes,
+    last_sent: tokio::time::Instant,
 }
 
 struct Driver {
@@ -676,6 +694,9 @@ struct Driver {
     links: BTreeMap<NodeId, LinkHandle>,
     find_waiters: HashMap<NodeId, Vec<FindWaiter>>,
     pending_acks: HashMap<u64, PendingAck>,
+    /// Delivered `(source, sequence)` pairs, newest last, at most [`DELIVERED_KEPT`].
+    delivered: std::collections::HashSet<(NodeId, u64)>,
+    delivered_order: VecDeque<(NodeId, u64)>,
     /// Acknowledgements waiting for a route back: (destination, frame).
     ack_packets: VecDeque<(NodeId, Bytes)>,
     next_sequence: u64,
@@ -697,6 +718,8 @@ impl Driver {
     ) {
         let mut metrics_tick = tokio::time::interval(self.router.config().hello_interval);
         metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retransmit_tick = tokio::time::interval(RETRANSMIT_AFTER / 4);
+        retransmit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persist_tick = tokio::time::interval(PERSIST_INTERVAL);
         persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let done = loop {
@@ -728,6 +751,7 @@ impl Driver {
                     }
                 }
                 _ = persist_tick.tick() => self.persist_routes(),
+                _ = retransmit_tick.tick() => self.retransmit(),
             }
             self.flush();
         };
@@ -779,7 +803,7 @@ impl Driver {
                 destination,
                 payload,
                 reply,
-            } => self.send_message(destination, &payload, reply),
+            } => self.send_message(destination, payload, reply),
             Command::Received(reply) => {
                 let _ = reply.send(self.received.iter().cloned().collect());
             }
@@ -793,7 +817,7 @@ impl Driver {
     fn send_message(
         &mut self,
         destination: NodeId,
-        payload: &[u8],
+        payload: Bytes,
         reply: oneshot::Sender<Result<Delivery, RouteError>>,
     ) {
         self.pending_acks
@@ -819,7 +843,7 @@ impl Driver {
             source: self.local,
             destination,
         };
-        let body = match self.seal(&header, self.hop_limit, payload) {
+        let body = match self.seal(&header, self.hop_limit, &payload) {
             Ok(body) => body,
             Err(error) => {
                 let _ = reply.send(Err(error));
@@ -829,12 +853,15 @@ impl Driver {
         let frame = frame_of(TAG_DATA, &header, &body);
         match self.send_frame(next_hop, frame) {
             Ok(()) => {
+                let now = tokio::time::Instant::now();
                 self.pending_acks.insert(
                     sequence,
                     PendingAck {
                         destination,
-                        sent: tokio::time::Instant::now(),
+                        sent: now,
                         reply,
+                        payload,
+                        last_sent: now,
                     },
                 );
             }
@@ -842,6 +869,46 @@ impl Driver {
                 let _ = reply.send(Err(RouteError::Unreachable(format!(
                     "the link to the next hop refused the packet: {error}"
                 ))));
+            }
+        }
+    }
+
+    /// Sends again every message unacknowledged for [`RETRANSMIT_AFTER`]: over the route
+    /// known now (local repair may have moved it), or, with none, starts a discovery and
+    /// tries at the next tick. Forgets messages whose caller gave up.
+    fn retransmit(&mut self) {
+        self.pending_acks
+            .retain(|_, pending| !pending.reply.is_closed());
+        let now = tokio::time::Instant::now();
+        let due: Vec<(u64, NodeId, Bytes)> = self
+            .pending_acks
+            .iter()
+            .filter(|(_, pending)| now.duration_since(pending.last_sent) >= RETRANSMIT_AFTER)
+            .map(|(sequence, pending)| (*sequence, pending.destination, pending.payload.clone()))
+            .collect();
+        for (sequence, destination, payload) in due {
+            if let Some(pending) = self.pending_acks.get_mut(&sequence) {
+                pending.last_sent = now;
+            }
+            let Some(next_hop) = self.router.next_hop(&destination) else {
+                let _ = self.router.find_route(self::now(), destination);
+                continue;
+            };
+            let header = PacketHeader {
+                hop_limit: self.hop_limit,
+                flow_id: MESSAGE_FLOW,
+                sequence,
+                source: self.local,
+                destination,
+            };
+            let Ok(body) = self.seal(&header, self.hop_limit, &payload) else {
+                continue;
+            };
+            if self
+                .send_frame(next_hop, frame_of(TAG_DATA, &header, &body))
+                .is_ok()
+            {
+                self.stats.retransmissions += 1;
             }
         }
     }
@@ -1017,6 +1084,13 @@ impl Driver {
             }
             return;
         }
+        let first_time = self.remember_delivery(header.source, header.sequence);
+        if !first_time {
+            // Sent again because our acknowledgement was lost: acknowledge, deliver once.
+            self.stats.duplicates_suppressed += 1;
+            self.acknowledge(&header, hops);
+            return;
+        }
         self.stats.packets_delivered += 1;
         let message = ReceivedMessage {
             source: header.source,
@@ -1036,7 +1110,26 @@ impl Driver {
             received_at: message.received_at,
         });
         let _ = self.subscribers.send(message);
+        self.acknowledge(&header, hops);
+    }
 
+    /// Records that the message `(source, sequence)` was delivered; `false` if it was
+    /// already.
+    fn remember_delivery(&mut self, source: NodeId, sequence: u64) -> bool {
+        if !self.delivered.insert((source, sequence)) {
+            return false;
+        }
+        self.delivered_order.push_back((source, sequence));
+        while self.delivered_order.len() > DELIVERED_KEPT {
+            if let Some(old) = self.delivered_order.pop_front() {
+                self.delivered.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Sends the sealed acknowledgement of the data packet `header` (which crossed `hops`).
+    fn acknowledge(&mut self, header: &PacketHeader, hops: u8) {
         let ack_header = PacketHeader {
             hop_limit: self.hop_limit,
             flow_id: header.flow_id,

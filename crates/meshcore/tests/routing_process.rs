@@ -1,7 +1,8 @@
 //! Multi-hop routing between real `meshcore` processes on loopback: a line of five nodes,
 //! each allowed to link only to its neighbours (setting `allowed_peers`), so that node 0
-//! reaches node 4 only through 1, 2 and 3; and a ring of five whose node 1 is killed, after
-//! which node 0's messages to node 2 go the other way round.
+//! reaches node 4 only through 1, 2 and 3; and a ring of five whose node 1 is killed while
+//! node 0 sends one message to node 2: the driver sends it again until it goes the other way
+//! round.
 //!
 //! Every node listens on 127.0.0.1 and runs with `--no-lan`, so nothing leaves loopback.
 
@@ -303,9 +304,22 @@ async fn delivery_resumes_around_a_ring_when_the_middle_node_dies() {
     // Node 1 dies without a word (SIGKILL): node 0 learns it when the link times out.
     let mut nodes: Vec<Option<NodeProcess>> = nodes.into_iter().map(Some).collect();
     nodes[1].take().expect("node 1").kill_hard();
+    // One send, no retry by hand: the driver sends it again until the dead link is noticed
+    // and the route repaired or rediscovered the other way round.
     let sender = nodes[0].as_ref().expect("node 0");
-    let after = deliver_eventually(sender, &ids[2], "after").await;
+    let (status, after) = send(
+        http()
+            .post(sender.url("/v1/messages"))
+            .json(&json!({ "destination": ids[2], "payload": "after" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{after}");
     assert_eq!(after["hops"], 3, "the long way, through 4 and 3: {after}");
+    let (_, stats) = send(http().get(sender.url("/v1/stats"))).await;
+    assert!(
+        stats["routing"]["retransmissions"].as_u64() >= Some(1),
+        "{stats}"
+    );
     let receiver = nodes[2].as_ref().expect("node 2");
     let (_, received) = send(http().get(receiver.url("/v1/messages"))).await;
     let payloads: Vec<&str> = received
