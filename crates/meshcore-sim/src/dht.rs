@@ -42,8 +42,8 @@
 //! counts the requests the lookup sent plus the answers it received. **Latency** is the
 //! simulated time from the command to its result event.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use crate::queue::EventQueue;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use meshcore_proto::dht::{
@@ -206,34 +206,6 @@ enum SimEvent {
     Churn,
 }
 
-#[derive(Debug)]
-struct Scheduled {
-    at: Timestamp,
-    seq: u64,
-    event: SimEvent,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Scheduled {}
-
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scheduled {
-    /// Reversed, so the `BinaryHeap` (a max-heap) pops the earliest first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 /// One virtual node.
 struct SimNode {
     id: NodeId,
@@ -267,8 +239,7 @@ struct Simulation<'a, P: FnMut(u64, u64)> {
     dht_config: DhtConfig,
     rng: ChaCha8Rng,
     key_rng: ChaCha8Rng,
-    queue: BinaryHeap<Scheduled>,
-    seq: u64,
+    queue: EventQueue<SimEvent>,
     now: Timestamp,
     nodes: Vec<SimNode>,
     index_of: HashMap<NodeId, u32>,
@@ -310,8 +281,7 @@ impl<'a, P: FnMut(u64, u64)> Simulation<'a, P> {
             dht_config,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             key_rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x6b65_7973),
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::default(),
             now: Timestamp::ZERO,
             nodes: Vec::with_capacity(config.nodes + replaced),
             index_of: HashMap::with_capacity(config.nodes + replaced),
@@ -389,16 +359,11 @@ impl<'a, P: FnMut(u64, u64)> Simulation<'a, P> {
     }
 
     fn schedule(&mut self, at: Timestamp, event: SimEvent) {
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        });
+        self.queue.push(at, event);
     }
 
     fn run(&mut self) {
-        while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
+        while let Some((at, event)) = self.queue.pop() {
             if at > self.end_at {
                 break;
             }

@@ -11,9 +11,11 @@
 //!
 //! Modules:
 //! - [`dht`]: the Kademlia DHT at scale ([`dht::run_dht`]).
+//! - `queue`: the event queue both share (time order, ties in scheduling order).
 //! - [`route`]: the mesh router on lines, rings, grids and random geometric graphs, with
 //!   link failures ([`route::run_route`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod dht;
+mod queue;
 pub mod route;

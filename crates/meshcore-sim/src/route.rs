@@ -79,7 +79,8 @@
 //!
 //! [`link_cost`]: meshcore_proto::route::link_cost
 
-use std::cmp::{Ordering, Reverse};
+use crate::queue::EventQueue;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -968,34 +969,6 @@ enum SimEvent {
     Audit,
 }
 
-#[derive(Debug)]
-struct Scheduled {
-    at: Timestamp,
-    seq: u64,
-    event: SimEvent,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Scheduled {}
-
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scheduled {
-    /// Reversed, so the `BinaryHeap` (a max-heap) pops the earliest first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 /// One virtual node.
 struct SimNode {
     router: Router,
@@ -1058,8 +1031,7 @@ struct Tally {
 struct Simulation<'a, P: FnMut(u64, u64)> {
     config: &'a RouteSimConfig,
     rng: ChaCha8Rng,
-    queue: BinaryHeap<Scheduled>,
-    seq: u64,
+    queue: EventQueue<SimEvent>,
     now: Timestamp,
     ids: Vec<NodeId>,
     nodes: Vec<SimNode>,
@@ -1141,8 +1113,7 @@ impl<'a, P: FnMut(u64, u64)> Simulation<'a, P> {
         let mut simulation = Self {
             config,
             rng,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: EventQueue::default(),
             now: Timestamp::ZERO,
             ids,
             nodes,
@@ -1219,16 +1190,11 @@ impl<'a, P: FnMut(u64, u64)> Simulation<'a, P> {
     }
 
     fn schedule(&mut self, at: Timestamp, event: SimEvent) {
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        });
+        self.queue.push(at, event);
     }
 
     fn run(&mut self) {
-        while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
+        while let Some((at, event)) = self.queue.pop() {
             if at > self.end_at {
                 break;
             }
