@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 use iroh::address_lookup::{self, AddressLookup, EndpointData, EndpointInfo, Item};
@@ -36,7 +36,8 @@ use meshcore_proto::{NodeId, NodeKeypair};
 use meshcore_store::{DhtChange, DhtRow, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::endpoint::{endpoint_id_of, node_id_of};
+use crate::clock::{now, sleep_until, unix_millis};
+use crate::endpoint::{endpoint_id_of, inbound_peer, node_id_of};
 use crate::link::close_code;
 
 /// The ALPN of the DHT protocol.
@@ -66,16 +67,6 @@ const BOOTSTRAP_SPACING: Duration = Duration::from_secs(10);
 const COMMAND_QUEUE: usize = 1024;
 const INBOUND_QUEUE: usize = 4096;
 const PERSIST_QUEUE: usize = 1024;
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_millis(unix_millis())
-}
 
 /// Addresses known for peers, shared by the network, the DHT and the address lookup.
 #[derive(Debug, Clone, Default)]
@@ -724,17 +715,9 @@ pub struct DhtAcceptor {
 
 impl ProtocolHandler for DhtAcceptor {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        let Some(peer) = node_id_of(&connection.remote_id()) else {
-            connection.close(
-                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
-                b"invalid endpoint id",
-            );
+        let Some(peer) = inbound_peer(&connection, &self.local, "DHT") else {
             return Ok(());
         };
-        if peer == self.local {
-            connection.close(VarInt::from_u32(close_code::DUPLICATE), b"DHT to self");
-            return Ok(());
-        }
         self.connections.insert(peer, connection.clone());
         read_envelopes(
             connection,
@@ -1018,13 +1001,6 @@ impl Driver {
                 Err(_) => tracing::debug!(peer = %to, "a DHT send timed out"),
             }
         });
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -45,6 +45,32 @@ pub fn node_id_of(id: &iroh::EndpointId) -> Option<NodeId> {
     NodeId::from_bytes(*id.as_bytes()).ok()
 }
 
+/// The node id of an inbound connection's peer, or `None` after closing the connection
+/// when the peer's key is not a valid node id or is this node's own (`what` names the
+/// protocol in the close reason).
+pub fn inbound_peer(
+    connection: &iroh::endpoint::Connection,
+    local: &NodeId,
+    what: &str,
+) -> Option<NodeId> {
+    use iroh::endpoint::VarInt;
+    let Some(peer) = node_id_of(&connection.remote_id()) else {
+        connection.close(
+            VarInt::from_u32(crate::link::close_code::PROTOCOL_VIOLATION),
+            b"invalid endpoint id",
+        );
+        return None;
+    };
+    if peer == *local {
+        connection.close(
+            VarInt::from_u32(crate::link::close_code::DUPLICATE),
+            format!("{what} to self").as_bytes(),
+        );
+        return None;
+    }
+    Some(peer)
+}
+
 /// Converts a node id into an iroh endpoint id.
 pub fn endpoint_id_of(id: &NodeId) -> Option<iroh::EndpointId> {
     iroh::EndpointId::from_bytes(id.as_bytes()).ok()

@@ -13,6 +13,7 @@
 //! actor step waits on SQL.
 //!
 //! Modules:
+//! - [`clock`]: wall time as the cores' `Timestamp`, and waiting for their timers.
 //! - [`dht`]: the DHT driver (the Kademlia core over QUIC), record persistence and the
 //!   DHT-backed address lookup.
 //! - [`endpoint`]: building the iroh endpoint from the node key.
@@ -25,6 +26,7 @@
 //!   forwarding, delivery, acknowledgements, the route table in `meshcore_routes`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod clock;
 pub mod dht;
 pub mod endpoint;
 pub mod lan;

@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::dht::{AddressBook, Dht, DhtAddressLookup, DhtOptions, DHT_ALPN};
-use crate::endpoint::{self, endpoint_id_of, node_id_of, EndpointError};
+use crate::endpoint::{self, endpoint_id_of, inbound_peer, EndpointError};
 use crate::link::{
     self, close_code, FrameSink, HandshakeError, LinkEvent, LinkHandle, ReceivedFrame,
 };
@@ -544,17 +544,9 @@ struct LinkAcceptor {
 
 impl ProtocolHandler for LinkAcceptor {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
-        let Some(peer) = node_id_of(&connection.remote_id()) else {
-            connection.close(
-                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
-                b"invalid endpoint id",
-            );
+        let Some(peer) = inbound_peer(&connection, &self.local, "link") else {
             return Ok(());
         };
-        if peer == self.local {
-            connection.close(VarInt::from_u32(close_code::DUPLICATE), b"link to self");
-            return Ok(());
-        }
         let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
             connection.close(
                 VarInt::from_u32(close_code::FULL),

@@ -58,14 +58,14 @@
 //! [`RECEIVED_KEPT`], broadcast subscribers' backlog [`RECEIVED_KEPT`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use meshcore_proto::e2e::{self, Receiver, ReceiverConfig, Session};
 use meshcore_proto::identity::NODE_ID_LEN;
 use meshcore_proto::route::{
     self, FindRouteError, LinkQuality, PacketHeader, Route, RouteConfigError, RouteEvent,
-    RouteLookup, Router, RouterConfig, Timestamp, HEADER_LEN, MAX_PATH_LEN,
+    RouteLookup, Router, RouterConfig, HEADER_LEN, MAX_PATH_LEN,
 };
 use meshcore_proto::{NodeId, NodeKeypair};
 use meshcore_store::{RouteRow, Store};
@@ -73,6 +73,7 @@ use rand::rngs::OsRng;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::clock::{now, sleep_until, unix_millis};
 use crate::link::{LinkHandle, ReceivedFrame, SendError, MAX_DATA_FRAME};
 
 /// First byte of a route control frame.
@@ -120,16 +121,6 @@ pub const DELIVERED_KEPT: usize = 4096;
 
 /// Least time between two writes of the route table to the store.
 pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn now() -> Timestamp {
-    Timestamp::from_millis(unix_millis())
-}
 
 /// What the routing driver needs at start.
 #[derive(Debug, Clone)]
@@ -1249,13 +1240,6 @@ async fn persist(store: Store, mut tables: mpsc::Receiver<Vec<RouteRow>>) {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1347,6 +1331,7 @@ mod tests {
 #[cfg(test)]
 mod sealing_tests {
     use super::*;
+    use meshcore_proto::route::Timestamp;
     use rand_chacha::rand_core::SeedableRng;
 
     fn keys(seed: u64) -> NodeKeypair {
