@@ -13,6 +13,7 @@
 //! listener and passes a shutdown future, so tests can bind port 0.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod browser;
 mod error;
 mod openapi;
 mod routes;

@@ -29,6 +29,8 @@ use utoipa::OpenApi;
         crate::routes::register_service,
         crate::routes::resolve_service,
         crate::routes::events,
+        crate::browser::webrtc_config,
+        crate::browser::signal,
         crate::routes::openapi,
     ),
     components(schemas(
@@ -54,6 +56,8 @@ use utoipa::OpenApi;
         crate::routes::ServiceRequest,
         meshcore_node::records::ServiceRegistered,
         meshcore_node::records::ServiceProvider,
+        crate::browser::WebRtcConfig,
+        crate::browser::OfferAnswer,
     ))
 )]
 struct ApiDoc;

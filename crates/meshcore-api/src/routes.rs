@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use meshcore_net::routing::{Delivery, RouteError, RouteInfo, Routing};
+use meshcore_net::webrtc::BrowserSendError;
 use meshcore_net::{ConnectError, ConnectionInfo};
 use meshcore_node::settings::SettingsPatch;
 use meshcore_node::{Node, NodeInfo, NodeStats, SettingKey, Settings};
@@ -57,10 +58,15 @@ pub(crate) fn router(node: Node) -> Router {
         .route("/events", get(events))
         .route("/services", post(register_service))
         .route("/services/{name}", get(resolve_service))
+        .route("/webrtc", get(crate::browser::webrtc_config))
+        .route("/signal", get(crate::browser::signal))
         .route("/openapi.json", get(openapi))
         .with_state(node.clone());
 
-    let mut router = Router::new();
+    let mut router = Router::new()
+        .route("/meshcore-p2p.js", get(crate::browser::client_js))
+        .route("/meshcore-p2p.d.ts", get(crate::browser::client_types))
+        .route("/demo", get(crate::browser::demo_page));
     for prefix in crate::PREFIXES {
         router = router.nest(prefix, api.clone());
     }
@@ -209,13 +215,20 @@ pub(crate) struct ConnectRequest {
     peer_info: PeerInfo,
 }
 
-/// Where a peer can be reached.
+/// Where a peer can be reached: a node's addresses, or a browser's WebRTC offer.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerInfo {
-    /// Addresses as `HOST:PORT` (IP literals).
+    /// Addresses as `HOST:PORT` (IP literals), for a node.
     #[serde(default)]
     addrs: Vec<String>,
+    /// A browser's SDP offer (then `peer_id` is the browser's id and the answer is returned).
+    #[serde(default)]
+    sdp: Option<String>,
+    /// With `sdp`: the browser's signature binding the offer's DTLS fingerprint to `peer_id`
+    /// (hex; see web/PROTOCOL.md).
+    #[serde(default)]
+    signature: Option<String>,
 }
 
 /// Answer of `POST /connect`.
@@ -227,13 +240,15 @@ pub(crate) struct ConnectResponse {
     connection: ConnectionInfo,
 }
 
-/// Links to a peer (the specification's connect call) and waits until the link is up.
+/// Links to a peer (the specification's connect call) and waits until the link is up. With
+/// `peer_info.sdp`, the peer is a browser offering a WebRTC data channel: the node answers
+/// with its SDP, and the channel opens afterwards.
 #[utoipa::path(post, path = "/v1/connect", tag = "links",
     request_body = ConnectRequest,
     responses(
-        (status = 200, description = "Linked (or already linked)", body = ConnectResponse),
-        (status = 400, description = "Bad peer id or address, or this node itself", body = crate::ErrorBody),
-        (status = 403, description = "The peer is blacklisted", body = crate::ErrorBody),
+        (status = 200, description = "Linked (or already linked); for a browser's offer, the signed answer", body = ConnectResponse),
+        (status = 400, description = "Bad peer id, address, SDP or signature, or this node itself", body = crate::ErrorBody),
+        (status = 403, description = "The peer is blacklisted or not in allowed_peers", body = crate::ErrorBody),
         (status = 502, description = "The dial or handshake failed", body = crate::ErrorBody),
         (status = 503, description = "At max_connections, or shutting down", body = crate::ErrorBody),
         (status = 504, description = "No link in time", body = crate::ErrorBody),
@@ -241,7 +256,7 @@ pub(crate) struct ConnectResponse {
 pub(crate) async fn connect(
     State(node): State<Node>,
     ApiJson(request): ApiJson<ConnectRequest>,
-) -> Result<Json<ConnectResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let peer: NodeId = request.peer_id.parse().map_err(|error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -249,6 +264,12 @@ pub(crate) async fn connect(
             format!("peer_id: {error}"),
         )
     })?;
+    if let Some(sdp) = &request.peer_info.sdp {
+        let answer =
+            crate::browser::answer_offer(&node, peer, sdp, request.peer_info.signature.as_deref())
+                .await?;
+        return Ok(answer.into_response());
+    }
     if request.peer_info.addrs.len() > meshcore_proto::link::MAX_ADDRS {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -291,7 +312,8 @@ pub(crate) async fn connect(
     Ok(Json(ConnectResponse {
         connected: true,
         connection,
-    }))
+    })
+    .into_response())
 }
 
 /// The live links, with the specification's columns.
@@ -553,12 +575,34 @@ pub(crate) async fn send_message(
     ApiJson(request): ApiJson<MessageRequest>,
 ) -> Result<Json<Delivery>, ApiError> {
     let destination = destination_of(&request.destination)?;
+    let payload = bytes::Bytes::from(request.payload.into_bytes());
+    if let Some(webrtc) = node.network().webrtc() {
+        match webrtc
+            .send_app(destination, payload.clone(), MESSAGE_TIMEOUT)
+            .await
+        {
+            Ok(rtt) => {
+                return Ok(Json(Delivery {
+                    delivered: true,
+                    hops: 1,
+                    rtt_ms: rtt.as_secs_f64() * 1000.0,
+                }))
+            }
+            Err(BrowserSendError::NotConnected(_)) => {}
+            Err(error) => {
+                let (status, code) = match &error {
+                    BrowserSendError::TooLarge { .. } => {
+                        (StatusCode::BAD_REQUEST, "invalid_payload")
+                    }
+                    BrowserSendError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                    _ => (StatusCode::SERVICE_UNAVAILABLE, "browser_unavailable"),
+                };
+                return Err(ApiError::new(status, code, error.to_string()));
+            }
+        }
+    }
     let delivery = routing_of(&node)?
-        .send(
-            destination,
-            bytes::Bytes::from(request.payload.into_bytes()),
-            MESSAGE_TIMEOUT,
-        )
+        .send(destination, payload, MESSAGE_TIMEOUT)
         .await?;
     Ok(Json(delivery))
 }

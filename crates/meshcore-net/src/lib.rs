@@ -24,6 +24,8 @@
 //! - [`persist`]: the batching writer of known nodes.
 //! - [`routing`]: the routing driver (the mesh router over the links' data frames:
 //!   forwarding, delivery, acknowledgements, the route table in `meshcore_routes`).
+//! - [`webrtc`]: browser peers over WebRTC (str0m): sessions, their data channels, and the
+//!   signaling hub.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod clock;
@@ -34,5 +36,6 @@ pub mod link;
 pub mod network;
 pub mod persist;
 pub mod routing;
+pub mod webrtc;
 
 pub use network::{ConnectError, ConnectionInfo, Network, NetworkConfig};

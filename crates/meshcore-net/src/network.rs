@@ -31,6 +31,7 @@ use crate::link::{
     self, close_code, FrameSink, HandshakeError, LinkEvent, LinkHandle, ReceivedFrame,
 };
 use crate::routing::{Routing, RoutingOptions};
+use crate::webrtc::{WebRtc, WebRtcOptions};
 
 /// How long a dial may take, handshake included.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,6 +84,8 @@ pub struct NetworkConfig {
     /// [`Network::take_frames`] returns `None`); `None`: no routing, frames are left for
     /// [`Network::take_frames`].
     pub routing: Option<RoutingOptions>,
+    /// Accept browser peers over WebRTC; `None`: no WebRTC.
+    pub webrtc: Option<WebRtcOptions>,
 }
 
 /// A link as listed by `GET /v1/connections` (the specification's columns, and more).
@@ -165,6 +168,14 @@ pub enum NetworkError {
     /// The routing settings cannot run.
     #[error(transparent)]
     Routing(#[from] meshcore_proto::route::RouteConfigError),
+    /// The WebRTC sockets could not be bound.
+    #[error("cannot bind the WebRTC address {addr} (--webrtc): {source}")]
+    WebRtc {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 enum Command {
@@ -194,6 +205,7 @@ pub struct Network {
     frames: FrameSink,
     dht: Dht,
     routing: Option<Routing>,
+    webrtc: Option<WebRtc>,
 }
 
 impl std::fmt::Debug for Command {
@@ -317,6 +329,17 @@ impl Network {
             },
             None => None,
         };
+        let webrtc = match &config.webrtc {
+            Some(options) => Some(
+                WebRtc::start(keys, options.clone(), routing.clone())
+                    .await
+                    .map_err(|source| NetworkError::WebRtc {
+                        addr: options.bind,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let (persist, writer) = crate::persist::spawn(store);
 
         let (link_count_tx, link_count) = watch::channel(0);
@@ -328,6 +351,7 @@ impl Network {
             frames: frames.clone(),
             dht: dht.clone(),
             routing: routing.clone(),
+            webrtc,
         };
         for entry in &config.bootstrap {
             network.add_bootstrap(entry);
@@ -455,7 +479,12 @@ impl Network {
             .map_err(|error| ConnectError::DialFailed(error.to_string()))
     }
 
-    /// The live links.
+    /// The browser (WebRTC) side, unless it is off.
+    pub fn webrtc(&self) -> Option<&WebRtc> {
+        self.webrtc.as_ref()
+    }
+
+    /// The live links: QUIC links to nodes, then WebRTC sessions with browsers.
     pub async fn connections(&self) -> Vec<ConnectionInfo> {
         let (reply, answer) = oneshot::channel();
         if self
@@ -466,7 +495,11 @@ impl Network {
         {
             return Vec::new();
         }
-        answer.await.unwrap_or_default()
+        let mut links = answer.await.unwrap_or_default();
+        if let Some(webrtc) = &self.webrtc {
+            links.extend(webrtc.connections().await);
+        }
+        links
     }
 
     /// Changes the link limits (settings `min_connections`, `max_connections`).
@@ -516,6 +549,9 @@ impl Network {
 
     /// Closes every link and the endpoint, and flushes known nodes to the store.
     pub async fn shutdown(&self) {
+        if let Some(webrtc) = &self.webrtc {
+            webrtc.shutdown().await;
+        }
         let (reply, done) = oneshot::channel();
         if self.commands.send(Command::Shutdown(reply)).await.is_ok() {
             let _ = done.await;

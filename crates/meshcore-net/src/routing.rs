@@ -332,6 +332,7 @@ enum Command {
         reply: oneshot::Sender<Result<Delivery, RouteError>>,
     },
     Received(oneshot::Sender<Vec<ReceivedMessage>>),
+    Local(ReceivedMessage),
     Stats(oneshot::Sender<RoutingStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -535,6 +536,16 @@ impl Routing {
             .await?
             .await
             .map_err(|_| RouteError::ShuttingDown)
+    }
+
+    /// Records a message that reached this node without crossing the mesh (from a browser
+    /// on one of its WebRTC sessions): it appears in [`Routing::received`], on
+    /// [`Routing::subscribe`] and as a [`MeshEvent::Message`]. Never waits; when the
+    /// driver's queue is full the message is dropped and logged.
+    pub fn deliver_local(&self, message: ReceivedMessage) {
+        if let Err(error) = self.commands.try_send(Command::Local(message)) {
+            tracing::warn!(%error, "the routing driver is behind; a browser message was dropped");
+        }
     }
 
     /// Messages delivered to this node from now on. A subscriber more than
@@ -798,6 +809,7 @@ impl Driver {
             Command::Received(reply) => {
                 let _ = reply.send(self.received.iter().cloned().collect());
             }
+            Command::Local(message) => self.record(message),
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats);
             }
@@ -1090,6 +1102,12 @@ impl Driver {
             received_at: unix_millis(),
         };
         tracing::info!(source = %message.source, hops, bytes = message.payload.len(), "message received");
+        self.record(message);
+        self.acknowledge(&header, hops);
+    }
+
+    /// Keeps `message` among the recent ones and tells subscribers.
+    fn record(&mut self, message: ReceivedMessage) {
         if self.received.len() >= RECEIVED_KEPT {
             self.received.pop_front();
         }
@@ -1101,7 +1119,6 @@ impl Driver {
             received_at: message.received_at,
         });
         let _ = self.subscribers.send(message);
-        self.acknowledge(&header, hops);
     }
 
     /// Records that the message `(source, sequence)` was delivered; `false` if it was

@@ -29,6 +29,7 @@ async fn network(seed: u64) -> Network {
         dht_discovery: false,
         allowed_peers: Vec::new(),
         routing: None,
+        webrtc: None,
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")

@@ -34,6 +34,7 @@ async fn network_with(seed: u64, min_links: usize, dht_discovery: bool) -> Netwo
         dht_discovery,
         allowed_peers: Vec::new(),
         routing: None,
+        webrtc: None,
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meshcore_net::routing::{Routing, RoutingOptions};
+use meshcore_net::webrtc::WebRtcOptions;
 use meshcore_net::{Network, NetworkConfig};
 use meshcore_proto::link::Capabilities;
 use meshcore_proto::{NodeId, NodeKeypair};
@@ -29,6 +30,9 @@ use crate::settings::{
     LayeredSettings, SettingKey, Settings, SettingsError, SettingsPatch, SettingsSources,
 };
 
+/// Most browser sessions one node serves at once.
+pub const MAX_BROWSER_SESSIONS: usize = 256;
+
 /// What a node needs to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -36,6 +40,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The UDP address for peer links.
     pub listen: SocketAddr,
+    /// The UDP address for browser sessions (WebRTC); `None`: browsers cannot connect.
+    pub webrtc: Option<SocketAddr>,
     /// The settings sources below runtime changes.
     pub settings: SettingsSources,
 }
@@ -87,7 +93,7 @@ pub struct NodeStats {
     pub uptime_s: u64,
     /// Nodes known in `meshcore_nodes`.
     pub known_nodes: i64,
-    /// Live links to other nodes.
+    /// Live links: QUIC links to nodes and data channels of browsers.
     pub connections: usize,
     /// Routes recorded in `meshcore_routes`.
     pub routes: i64,
@@ -101,6 +107,9 @@ pub struct NodeStats {
     /// packets that failed end-to-end opening, …); absent when routing is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing: Option<meshcore_net::routing::RoutingStats>,
+    /// Browser sessions (WebRTC); absent when WebRTC is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webrtc: Option<meshcore_net::webrtc::WebRtcStats>,
 }
 
 /// A handle to the running node. Clones share the node.
@@ -175,6 +184,10 @@ impl Node {
                     max_hops: settings.max_hops,
                     route_timeout: Duration::from_secs(settings.route_timeout),
                     rng_seed: rand::random(),
+                }),
+                webrtc: config.webrtc.map(|bind| WebRtcOptions {
+                    bind,
+                    max_sessions: MAX_BROWSER_SESSIONS,
                 }),
             },
             store.clone(),
@@ -365,6 +378,10 @@ impl Node {
                 Some(routing) => routing.stats().await.ok(),
                 None => None,
             },
+            webrtc: match self.inner.network.webrtc() {
+                Some(webrtc) => Some(webrtc.stats().await),
+                None => None,
+            },
         })
     }
 
@@ -386,6 +403,7 @@ mod tests {
         NodeConfig {
             data_dir: dir.to_owned(),
             listen: "127.0.0.1:0".parse().expect("addr"),
+            webrtc: Some("127.0.0.1:0".parse().expect("addr")),
             // Unit tests never send mDNS multicast out of this machine.
             settings: SettingsSources {
                 flags: patch(json!({"lan_discovery": false})),

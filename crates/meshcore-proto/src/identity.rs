@@ -160,6 +160,8 @@ pub enum SignatureDomain {
     RelayIou,
     /// A WebRTC DTLS fingerprint bound to a node identity.
     DtlsFingerprint,
+    /// A browser registering on a node's signaling socket (answering its challenge).
+    SignalHello,
 }
 
 impl SignatureDomain {
@@ -173,6 +175,7 @@ impl SignatureDomain {
             Self::DhtProvider => b"dht-provider",
             Self::RelayIou => b"relay-iou",
             Self::DtlsFingerprint => b"dtls-fingerprint",
+            Self::SignalHello => b"signal-hello",
         }
     }
 }

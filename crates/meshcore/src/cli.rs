@@ -19,6 +19,9 @@ pub const DEFAULT_API: &str = "127.0.0.1:8420";
 /// Default address of the peer-link UDP socket.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8421";
 
+/// Default UDP address for browser peers (WebRTC).
+pub const DEFAULT_WEBRTC: &str = "0.0.0.0:8422";
+
 /// Meshcore: a mesh-networking node. Peers find each other, hold encrypted links, route
 /// packets over many hops, store data in a DHT and relay traffic for each other.
 #[derive(Debug, Parser)]

@@ -199,6 +199,8 @@ impl ChildNode {
                 "127.0.0.1:0",
                 "--listen",
                 "127.0.0.1:0",
+                "--webrtc",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(dir.path())
@@ -282,6 +284,7 @@ async fn in_process_network(min_links: usize, bootstrap: Vec<String>) -> anyhow:
         dht_discovery: false,
         allowed_peers: Vec::new(),
         routing: None,
+        webrtc: None,
     };
     Ok(Network::start(&keys, config, Store::open_in_memory().await?).await?)
 }
@@ -350,6 +353,7 @@ async fn links_bench(
         let node = Node::start(NodeConfig {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse()?,
+            webrtc: Some("127.0.0.1:0".parse()?),
             settings: sources,
         })
         .await?;

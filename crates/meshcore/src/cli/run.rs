@@ -9,7 +9,7 @@ use meshcore_node::settings::{SettingKey, SettingsSources};
 use meshcore_node::{Node, NodeConfig};
 use tracing_subscriber::EnvFilter;
 
-use super::{DataDirArg, DEFAULT_API, DEFAULT_LISTEN};
+use super::{DataDirArg, DEFAULT_API, DEFAULT_LISTEN, DEFAULT_WEBRTC};
 
 fn settings_help() -> String {
     let mut text = String::from(
@@ -38,6 +38,15 @@ pub struct RunArgs {
     /// UDP address for links with other nodes. Port 0 picks a free port.
     #[arg(long, env = "MESHCORE_LISTEN", value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
+
+    /// UDP address for browser peers (WebRTC data channels); an unspecified IP serves
+    /// every interface address, port 0 picks a free port.
+    #[arg(long, env = "MESHCORE_WEBRTC", value_name = "HOST:PORT", default_value = DEFAULT_WEBRTC, conflicts_with = "no_webrtc")]
+    webrtc: SocketAddr,
+
+    /// Do not accept browser peers (no WebRTC socket).
+    #[arg(long)]
+    no_webrtc: bool,
 
     /// A TOML file of settings (top-level keys are setting names).
     #[arg(long, env = "MESHCORE_CONFIG", value_name = "FILE")]
@@ -108,6 +117,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let node = Node::start(NodeConfig {
         data_dir: data_dir.clone(),
         listen: args.listen,
+        webrtc: (!args.no_webrtc).then_some(args.webrtc),
         settings: sources,
     })
     .await?;
@@ -132,10 +142,21 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    tracing::info!(node_id = %node.node_id(), api = %api_addr, %listen, data_dir = %data_dir.display(), "node running");
+    let webrtc = node.network().webrtc().map_or_else(
+        || "off".to_owned(),
+        |webrtc| {
+            webrtc
+                .local_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+    );
+    tracing::info!(node_id = %node.node_id(), api = %api_addr, %listen, %webrtc, data_dir = %data_dir.display(), "node running");
     // One line on stdout that scripts can read: who this node is and where it listens.
     println!(
-        "node_id={} api=http://{api_addr} listen={listen}",
+        "node_id={} api=http://{api_addr} listen={listen} webrtc={webrtc}",
         node.node_id()
     );
 

@@ -135,8 +135,13 @@ impl Drop for NodeProcess {
 pub fn node_command(data_dir: &Path, extra: &[&str]) -> Command {
     let mut command = Command::new(BINARY);
     command.arg("run");
-    for (flag, default) in [("--api", "127.0.0.1:0"), ("--listen", "127.0.0.1:0")] {
-        if !extra.contains(&flag) {
+    for (flag, default) in [
+        ("--api", "127.0.0.1:0"),
+        ("--listen", "127.0.0.1:0"),
+        ("--webrtc", "127.0.0.1:0"),
+    ] {
+        let given = extra.contains(&flag) || (flag == "--webrtc" && extra.contains(&"--no-webrtc"));
+        if !given {
             command.args([flag, default]);
         }
     }

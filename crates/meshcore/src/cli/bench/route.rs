@@ -146,6 +146,7 @@ async fn routed_network(keys: &NodeKeypair, allowed: Vec<NodeId>) -> anyhow::Res
             route_timeout: Duration::from_secs(300),
             rng_seed: rand::random(),
         }),
+        webrtc: None,
     };
     Ok(Network::start(keys, config, Store::open_in_memory().await?).await?)
 }
