@@ -211,6 +211,36 @@ impl LinkHandle {
     }
 }
 
+#[cfg(test)]
+impl LinkHandle {
+    /// A link to `peer` with no transport behind it, for the drivers' tests: the data
+    /// frames queued on it come out of the returned receiver (and the test decides what the
+    /// peer receives). Control messages and pings go nowhere; metrics stay at zero.
+    pub(crate) fn in_memory(id: LinkId, peer: NodeId) -> (Self, mpsc::Receiver<Bytes>) {
+        let (outbox, _) = mpsc::channel(SEND_QUEUE);
+        let (data, frames) = mpsc::channel(DATA_QUEUE);
+        let handle = Self {
+            id,
+            peer,
+            direction: Direction::Outbound,
+            kind: LinkKind::Quic,
+            hello: Hello {
+                version: LINK_PROTOCOL_VERSION,
+                capabilities: link::Capabilities::empty(),
+                listen_addrs: Vec::new(),
+            },
+            remote_addr: None,
+            since: SystemTime::now(),
+            outbox,
+            data,
+            metrics: Arc::new(Mutex::new(LinkMetrics::default())),
+            close: Arc::new(Mutex::new(None)),
+            pings: Pings::default(),
+        };
+        (handle, frames)
+    }
+}
+
 fn check_data_len(frame: &Bytes) -> Result<(), SendError> {
     if frame.len() > MAX_DATA_FRAME {
         return Err(SendError::TooLarge {

@@ -17,7 +17,9 @@
 //! A relay reads only the [`PacketHeader`] of a data or acknowledgement packet, decrements
 //! its hop limit in place ([`PacketHeader::forward_in_place`]) and passes the frame to
 //! [`Router::next_hop`]; the payload is never parsed, copied apart or re-serialised by a
-//! relay. A packet with no route or no hops left is dropped and counted.
+//! relay. A packet with no route or no hops left is dropped and counted; for one with no
+//! route the router sends a route error back to the neighbour it came from
+//! ([`Router::handle_unroutable`], rate-limited), so its source rediscovers.
 //!
 //! The end-to-end payload, which only the two ends read:
 //!
@@ -1037,7 +1039,17 @@ impl Driver {
                     PacketAction::Drop(reason) => {
                         match reason {
                             DropReason::Malformed => self.stats.frames_malformed += 1,
-                            DropReason::NoRoute => self.stats.dropped_no_route += 1,
+                            DropReason::NoRoute => {
+                                self.stats.dropped_no_route += 1;
+                                // The neighbour it came from hears a route error, so the
+                                // source rediscovers (the router rate-limits these).
+                                if let Ok(destination) =
+                                    PacketHeader::peek_destination(&frame.data[1..])
+                                {
+                                    self.router
+                                        .handle_unroutable(now(), frame.peer, destination);
+                                }
+                            }
                             DropReason::HopLimit => self.stats.dropped_hop_limit += 1,
                         }
                         tracing::debug!(peer = %frame.peer, ?reason, "dropped a packet");
@@ -1414,5 +1426,183 @@ mod sealing_tests {
         assert!(opener
             .open_bytes(at, source.node_id(), &sealed, &associated_data(&relayed, 9))
             .is_err());
+    }
+}
+
+#[cfg(test)]
+mod driver_tests {
+    //! The driver over in-memory links ([`LinkHandle::in_memory`]): the test carries the
+    //! frames between nodes, and may lose some.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use meshcore_proto::peers::LinkId;
+    use meshcore_proto::route::{Rerr, RouteMessage, Unreachable};
+    use rand_chacha::rand_core::SeedableRng;
+
+    /// Bound on every wait; none is reached when the driver works.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    fn keys(seed: u64) -> NodeKeypair {
+        NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    /// A driver fed from the returned sender, as the network's frame sink would feed it.
+    async fn node(seed: u64) -> (Routing, mpsc::Sender<ReceivedFrame>) {
+        let (frames, inbox) = mpsc::channel(1024);
+        let store = Store::open_in_memory().await.expect("store");
+        let options = RoutingOptions {
+            max_hops: 10,
+            route_timeout: Duration::from_secs(300),
+            rng_seed: seed,
+        };
+        let routing = Routing::start(&keys(seed), inbox, store, options).expect("driver");
+        (routing, frames)
+    }
+
+    /// Carries what `from` queues on its in-memory link into the driver behind `to`,
+    /// arriving on that side's link `link`; frames `lose` picks are lost.
+    fn wire(
+        mut out: mpsc::Receiver<Bytes>,
+        from: NodeId,
+        link: LinkId,
+        to: mpsc::Sender<ReceivedFrame>,
+        mut lose: impl FnMut(&Bytes) -> bool + Send + 'static,
+    ) {
+        tokio::spawn(async move {
+            while let Some(data) = out.recv().await {
+                if lose(&data) {
+                    continue;
+                }
+                let frame = ReceivedFrame {
+                    link,
+                    peer: from,
+                    data,
+                };
+                if to.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_lost_acknowledgement_is_repaired_by_the_retransmission_and_delivers_once() {
+        let ((a, a_frames), (b, b_frames)) = (node(1).await, node(2).await);
+        let (a_id, b_id) = (a.node_id(), b.node_id());
+        let (a_to_b, a_out) = LinkHandle::in_memory(LinkId(1), b_id);
+        let (b_to_a, b_out) = LinkHandle::in_memory(LinkId(2), a_id);
+        wire(a_out, a_id, LinkId(2), b_frames, |_| false);
+        // From b to a, the first acknowledgement is lost; every frame is counted.
+        let (acks_sent, acks_lost) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (sent, lost) = (acks_sent.clone(), acks_lost.clone());
+        wire(b_out, b_id, LinkId(1), a_frames, move |frame| {
+            if frame.first() != Some(&TAG_ACK) {
+                return false;
+            }
+            let first = sent.fetch_add(1, Ordering::SeqCst) == 0;
+            if first {
+                lost.fetch_add(1, Ordering::SeqCst);
+            }
+            first
+        });
+        a.link_up(a_to_b);
+        b.link_up(b_to_a);
+        a.find_route(b_id, WAIT).await.expect("a route from a to b");
+        b.find_route(a_id, WAIT).await.expect("a route back");
+        let mut delivered = b.subscribe();
+
+        let delivery = a
+            .send(b_id, Bytes::from_static(b"exactly once"), WAIT)
+            .await
+            .expect("acknowledged in the end");
+
+        assert!(delivery.delivered);
+        assert_eq!(delivery.hops, 1);
+        assert_eq!(acks_lost.load(Ordering::SeqCst), 1, "the first was lost");
+        assert!(
+            acks_sent.load(Ordering::SeqCst) >= 2,
+            "b acknowledged the message sent again"
+        );
+        let a_stats = a.stats().await.expect("stats");
+        assert!(a_stats.retransmissions >= 1, "{a_stats:?}");
+        assert_eq!(a_stats.acks_received, 1);
+        let b_stats = b.stats().await.expect("stats");
+        assert_eq!(b_stats.packets_delivered, 1, "{b_stats:?}");
+        assert!(b_stats.duplicates_suppressed >= 1, "{b_stats:?}");
+        let received = b.received().await.expect("received");
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].payload, Bytes::from_static(b"exactly once"));
+        assert_eq!(received[0].source, a_id);
+        let mut announced = 0;
+        while let Ok(message) = delivered.try_recv() {
+            assert_eq!(message.payload, Bytes::from_static(b"exactly once"));
+            announced += 1;
+        }
+        assert_eq!(announced, 1, "subscribers hear of it once");
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_packet_without_a_route_is_answered_with_a_route_error() {
+        let (relay, relay_frames) = node(3).await;
+        let neighbour = keys(4).node_id();
+        let (link, mut out) = LinkHandle::in_memory(LinkId(1), neighbour);
+        relay.link_up(link);
+        // The relay's first hello shows that the link is up in its router.
+        let route_message = |frame: &Bytes| match frame.split_first() {
+            Some((&TAG_ROUTE, body)) => route::decode(body).ok(),
+            _ => None,
+        };
+        let hello = tokio::time::timeout(WAIT, async {
+            while let Some(frame) = out.recv().await {
+                if let Some(RouteMessage::Hello(hello)) = route_message(&frame) {
+                    return Some(hello);
+                }
+            }
+            None
+        });
+        assert!(hello.await.expect("in time").is_some());
+
+        let nowhere = keys(5).node_id();
+        let header = PacketHeader {
+            hop_limit: 5,
+            flow_id: MESSAGE_FLOW,
+            sequence: 1,
+            source: neighbour,
+            destination: nowhere,
+        };
+        let frame = ReceivedFrame {
+            link: LinkId(1),
+            peer: neighbour,
+            data: frame_of(TAG_DATA, &header, b"sealed bytes"),
+        };
+        relay_frames.send(frame).await.expect("driver running");
+
+        let rerr = tokio::time::timeout(WAIT, async {
+            while let Some(frame) = out.recv().await {
+                if let Some(RouteMessage::Rerr(rerr)) = route_message(&frame) {
+                    return Some(rerr);
+                }
+            }
+            None
+        });
+        let rerr = rerr.await.expect("in time").expect("a route error");
+        assert_eq!(
+            rerr,
+            Rerr {
+                unreachable: vec![Unreachable {
+                    destination: nowhere,
+                    seqno: u64::MAX
+                }]
+            }
+        );
+        let stats = relay.stats().await.expect("stats");
+        assert_eq!(stats.dropped_no_route, 1);
+        assert_eq!(stats.packets_forwarded, 0);
+        relay.shutdown().await;
     }
 }

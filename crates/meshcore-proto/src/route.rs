@@ -15,7 +15,10 @@
 //!   [`Rrep`] carrying a fresh sequence number, unicast back along the
 //!   reverse routes. A lost link or an unreachable destination is reported by a
 //!   [`Rerr`] to the *precursors* — the neighbours this node advertised the
-//!   route to. Intermediate nodes do not answer for the destination.
+//!   route to. A relay handed a data packet it has no route for answers the neighbour it
+//!   came from with a [`Rerr`] (RFC 3561 §6.11 case (ii), at most `rerr_rate_limit` per
+//!   second; [`Router::handle_unroutable`]), which travels back along the precursors so the
+//!   source rediscovers at once. Intermediate nodes do not answer for the destination.
 //! - **Loop freedom** (Babel, RFC 8966 §3.5). Every route advertisement carries the
 //!   destination's sequence number `s` and the sender's metric `m`. Each node keeps, per
 //!   destination, a *feasibility distance* `FD = (seqno, metric)`: the best pair it has
@@ -79,7 +82,8 @@
 //! - [`advert`] — [`SignedAdvert`];
 //! - [`message`] — the wire protocol, [`encode`]/[`decode`];
 //! - [`graph`] — the link-quality graph and its Dijkstra;
-//! - [`table`] — candidates, feasibility distances and the public [`Route`];
+//! - [`table`] — per-destination state (candidates, feasibility distance, precursors),
+//!   laid out compactly, and the public [`Route`];
 //! - [`router`] — the [`Router`] state machine (its run loop is documented there);
 //! - [`header`] — the fixed header of forwarded data packets.
 

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::route::message::MAX_PATH_LEN;
 
+/// The largest `max_neighbours`: route entries name neighbours by a 16-bit slot.
+const MAX_NEIGHBOURS: usize = crate::route::table::MAX_SLOTS;
+
 /// Tunables of a [`Router`](crate::route::Router). [`RouterConfig::new`] sets every default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -37,6 +40,10 @@ pub struct RouterConfig {
     /// Most RREQs this node sends per second, originated and forwarded together
     /// (default 10; the burst is the same number).
     pub rreq_rate_limit: u32,
+    /// Most route errors this node sends per second about data packets it had no route
+    /// for (default 10, AODV's `RERR_RATELIMIT`; the burst is the same number). Route errors
+    /// for routes lost are not limited: there is one per lost route and precursor.
+    pub rerr_rate_limit: u32,
     /// How long a seen `(originator, rreq_id)` suppresses duplicates (default 10 s).
     pub rreq_seen_time: Duration,
     /// Most `(originator, rreq_id)` pairs remembered (default 1024); the oldest is
@@ -45,7 +52,8 @@ pub struct RouterConfig {
     /// Most destinations with state (routes, feasibility distances) (default 4096).
     /// Advertisements for new destinations beyond it are refused and counted.
     pub max_destinations: usize,
-    /// Most neighbours (default 64).
+    /// Most neighbours (default 64; at most 65,535). Up to 64 cost a route entry no
+    /// memory for its precursors.
     pub max_neighbours: usize,
     /// Most discoveries running at once (default 64).
     pub max_discoveries: usize,
@@ -76,6 +84,7 @@ impl RouterConfig {
             node_traversal_time: Duration::from_millis(40),
             rreq_retries: 2,
             rreq_rate_limit: 10,
+            rerr_rate_limit: 10,
             rreq_seen_time: Duration::from_secs(10),
             max_seen_rreqs: 1024,
             max_destinations: 4096,
@@ -139,6 +148,9 @@ impl RouterConfig {
         if self.rreq_rate_limit == 0 {
             return Err(RouteConfigError::new("rreq_rate_limit", "must be positive"));
         }
+        if self.rerr_rate_limit == 0 {
+            return Err(RouteConfigError::new("rerr_rate_limit", "must be positive"));
+        }
         if self.rreq_seen_time.is_zero() {
             return Err(RouteConfigError::new("rreq_seen_time", "must be positive"));
         }
@@ -153,6 +165,12 @@ impl RouterConfig {
             if value == 0 {
                 return Err(RouteConfigError::new(field, "must be positive"));
             }
+        }
+        if self.max_neighbours > MAX_NEIGHBOURS {
+            return Err(RouteConfigError::new(
+                "max_neighbours",
+                "must be at most 65535",
+            ));
         }
         if self.hop_cost == 0 || self.hop_cost > 1_000_000 {
             return Err(RouteConfigError::new(
@@ -206,6 +224,14 @@ mod tests {
         assert_eq!(
             config.validate().map_err(|e| e.field),
             Err("ring_initial_ttl")
+        );
+        let mut config = RouterConfig::new(1);
+        config.max_neighbours = 65_535;
+        assert_eq!(config.validate(), Ok(()));
+        config.max_neighbours = 65_536;
+        assert_eq!(
+            config.validate().map_err(|e| e.field),
+            Err("max_neighbours")
         );
     }
 }

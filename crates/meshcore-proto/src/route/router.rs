@@ -17,7 +17,7 @@ use crate::route::message::{
     MAX_RERR_ENTRIES,
 };
 use crate::route::metric::{LinkQuality, METRIC_INFINITY};
-use crate::route::table::{feasible, Candidate, DestinationEntry, Route};
+use crate::route::table::{feasible, DestinationEntry, Proof, Route, Slot, MAX_SLOTS, NO_SLOT};
 
 /// What [`Router::find_route`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +128,11 @@ pub struct RouteCounters {
     pub rreps_dropped: u64,
     /// Route errors sent.
     pub rerrs_sent: u64,
+    /// Data packets the driver could not forward for want of a route
+    /// ([`Router::handle_unroutable`]).
+    pub packets_unroutable: u64,
+    /// Route errors about such packets not sent because of `rerr_rate_limit`.
+    pub rerrs_rate_limited: u64,
     /// Route errors received.
     pub rerrs_received: u64,
     /// Advertisements with a bad signature or another node's signature, dropped.
@@ -169,6 +174,8 @@ pub struct RouteCounters {
 struct Neighbour {
     quality: LinkQuality,
     cost: u32,
+    /// Its index in `Router::slots`, by which route entries name it.
+    slot: Slot,
 }
 
 /// A discovery under way.
@@ -289,9 +296,10 @@ enum Refusal {
 ///    (with its first measurement), [`link_metric`](Self::link_metric) when it has new
 ///    measurements, [`link_down`](Self::link_down) when the link is gone;
 /// 2. feed inputs: [`handle_message`](Self::handle_message) for every routing message
-///    received, with the authenticated id of the neighbour that sent it, and
-///    [`handle_timeout`](Self::handle_timeout) once the time returned by
-///    [`poll_timeout`](Self::poll_timeout) is reached;
+///    received, with the authenticated id of the neighbour that sent it,
+///    [`handle_unroutable`](Self::handle_unroutable) for every data packet it could not
+///    forward for want of a next hop, and [`handle_timeout`](Self::handle_timeout) once the
+///    time returned by [`poll_timeout`](Self::poll_timeout) is reached;
 /// 3. give commands: [`find_route`](Self::find_route) when it needs a route;
 /// 4. after every input or command, drain [`poll_transmit`](Self::poll_transmit) (send
 ///    each message to its neighbour; one that cannot be sent may be dropped) and
@@ -322,12 +330,17 @@ pub struct Router {
     own_seqno: u64,
     own_advert: SignedAdvert,
     links: BTreeMap<NodeId, Neighbour>,
-    destinations: BTreeMap<NodeId, DestinationEntry>,
+    /// The neighbour in each slot (see [`Slot`]); `None` for a free slot.
+    slots: Vec<Option<NodeId>>,
+    /// Boxed: a B-tree slot is then 40 bytes, and the entry is allocated at its own size.
+    destinations: BTreeMap<NodeId, Box<DestinationEntry>>,
     graph: LinkGraph,
     seen_rreqs: SeenRreqs,
     discoveries: BTreeMap<NodeId, Discovery>,
     next_rreq_id: u32,
     rreq_bucket: TokenBucket,
+    /// Route errors about packets without a route.
+    rerr_bucket: TokenBucket,
     transmits: VecDeque<(NodeId, RouteMessage)>,
     events: VecDeque<RouteEvent>,
     /// Route errors gathered during one input, by precursor; sent at its end.
@@ -355,6 +368,7 @@ impl Router {
         let next_rreq_id = rng.next_u32();
         let mut router = Self {
             rreq_bucket: TokenBucket::new(config.rreq_rate_limit, now),
+            rerr_bucket: TokenBucket::new(config.rerr_rate_limit, now),
             graph: LinkGraph::new(local),
             config,
             keypair,
@@ -362,6 +376,7 @@ impl Router {
             own_seqno,
             own_advert,
             links: BTreeMap::new(),
+            slots: Vec::new(),
             destinations: BTreeMap::new(),
             seen_rreqs: SeenRreqs::default(),
             discoveries: BTreeMap::new(),
@@ -402,16 +417,18 @@ impl Router {
 
     /// The neighbour to send a packet for `destination` to, as of the last input.
     pub fn next_hop(&self, destination: &NodeId) -> Option<NodeId> {
-        self.destinations.get(destination)?.selected
+        self.neighbour_in(self.destinations.get(destination)?.selected)
     }
 
     /// [`next_hop`](Self::next_hop) for a destination given as raw key bytes (from
     /// [`PacketHeader::peek_destination`](crate::route::PacketHeader::peek_destination)): bytes
     /// that are not a known destination, valid key or not, have no next hop.
     pub fn next_hop_for(&self, destination: &[u8; crate::identity::NODE_ID_LEN]) -> Option<NodeId> {
-        self.destinations
-            .get(&NodeId::lookup_key(*destination))?
-            .selected
+        self.neighbour_in(
+            self.destinations
+                .get(&NodeId::lookup_key(*destination))?
+                .selected,
+        )
     }
 
     /// The selected route to `destination`, as of the last input.
@@ -471,13 +488,23 @@ impl Router {
             return Err(LinkError::SelfLink);
         }
         self.housekeeping(now);
-        let result = if !self.links.contains_key(&neighbour)
-            && self.links.len() >= self.config.max_neighbours
-        {
+        let slot = match self.links.get(&neighbour) {
+            Some(link) => link.slot,
+            None if self.links.len() >= self.config.max_neighbours => NO_SLOT,
+            None => self.take_slot(neighbour),
+        };
+        let result = if slot == NO_SLOT {
             Err(LinkError::TooManyNeighbours)
         } else {
             let cost = quality.cost(self.config.hop_cost);
-            self.links.insert(neighbour, Neighbour { quality, cost });
+            self.links.insert(
+                neighbour,
+                Neighbour {
+                    quality,
+                    cost,
+                    slot,
+                },
+            );
             self.graph.set_own(neighbour, cost);
             self.reselect_via(now, &neighbour);
             self.send_hello(now, Some(neighbour));
@@ -506,18 +533,22 @@ impl Router {
     /// precursors and wanted destinations are rediscovered.
     pub fn link_down(&mut self, now: Timestamp, neighbour: NodeId) {
         self.housekeeping(now);
-        if self.links.remove(&neighbour).is_some() {
+        if let Some(link) = self.links.remove(&neighbour) {
             self.graph.remove_neighbour(&neighbour);
             self.pending_rerrs.remove(&neighbour);
             let mut affected = Vec::new();
             for (destination, entry) in &mut self.destinations {
-                entry.precursors.remove(&neighbour);
-                if entry.candidates.remove(&neighbour).is_some() {
+                entry.remove_precursor(link.slot);
+                if entry.remove_candidate(link.slot) {
                     affected.push(*destination);
                 }
             }
             for destination in affected {
                 self.reselect(now, destination);
+            }
+            // No entry names the slot any more: it may go to the next neighbour.
+            if let Some(slot) = self.slots.get_mut(usize::from(link.slot)) {
+                *slot = None;
             }
         }
         self.finish_input();
@@ -536,6 +567,58 @@ impl Router {
             }
         } else {
             self.counters.messages_from_non_neighbours += 1;
+        }
+        self.finish_input();
+    }
+
+    /// A data packet for `destination` (its raw key bytes, as
+    /// [`PacketHeader::peek_destination`](crate::route::PacketHeader::peek_destination) reads
+    /// them) came from the neighbour `from`, and this node has no route to pass it on (RFC
+    /// 3561 §6.11, case (ii)). Sends `from` a RERR for the destination, so that the nodes back
+    /// to the packet's source withdraw their routes through here (each passes the RERR on to
+    /// its precursors when it has no alternate) and the source starts a new discovery at once
+    /// instead of waiting for its retransmissions to time out.
+    ///
+    /// The RERR carries the newest sequence number this node knows for the destination, or,
+    /// when it knows none, `u64::MAX`: whatever `from` learned from this node about it is
+    /// gone. Like every RERR it can only withdraw routes learned from this node. At most
+    /// `rerr_rate_limit` of these go out per second; nothing is sent when `from` is not a
+    /// neighbour, when this node does have a route now, or when the bytes are not a valid
+    /// node id.
+    pub fn handle_unroutable(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        destination: &[u8; crate::identity::NODE_ID_LEN],
+    ) {
+        self.housekeeping(now);
+        self.counters.packets_unroutable += 1;
+        if self.links.contains_key(&from) && self.next_hop_for(destination).is_none() {
+            // A known destination's id is the table's key (checked when it was learned);
+            // other bytes are checked here.
+            let unreachable = match self
+                .destinations
+                .get_key_value(&NodeId::lookup_key(*destination))
+            {
+                Some((id, entry)) => Some(Unreachable {
+                    destination: *id,
+                    seqno: entry.latest().map_or(u64::MAX, |latest| latest.seqno),
+                }),
+                None => NodeId::from_bytes(*destination).ok().map(|id| Unreachable {
+                    destination: id,
+                    seqno: u64::MAX,
+                }),
+            };
+            if let Some(unreachable) = unreachable.filter(|u| u.destination != self.local) {
+                if self.rerr_bucket.take(now) {
+                    self.pending_rerrs
+                        .entry(from)
+                        .or_default()
+                        .push(unreachable);
+                } else {
+                    self.counters.rerrs_rate_limited += 1;
+                }
+            }
         }
         self.finish_input();
     }
@@ -619,7 +702,7 @@ impl Router {
         self.destinations
             .entry(destination)
             .or_default()
-            .wanted_until = Some(until);
+            .set_wanted_until(Some(until));
         self.next_purge = self.next_purge.min(until);
         if let Some(route) = self.route(&destination) {
             return Ok(RouteLookup::Known(route));
@@ -793,8 +876,9 @@ impl Router {
         };
         // Packets from the destination to the originator will come from the next hop
         // towards the destination (RFC 3561 §6.7).
+        let slot = self.slot_of(&route.next_hop);
         if let Some(entry) = self.destinations.get_mut(&rrep.originator) {
-            entry.precursors.insert(route.next_hop);
+            entry.add_precursor(slot);
         }
         let forwarded = Rrep {
             originator: rrep.originator,
@@ -809,16 +893,16 @@ impl Router {
 
     fn on_rerr(&mut self, now: Timestamp, from: NodeId, rerr: Rerr) {
         self.counters.rerrs_received += 1;
+        let slot = self.slot_of(&from);
         for unreachable in rerr.unreachable {
             let Some(entry) = self.destinations.get_mut(&unreachable.destination) else {
                 continue;
             };
             let withdrawn = entry
-                .candidates
-                .get(&from)
-                .is_some_and(|candidate| candidate.advert.seqno <= unreachable.seqno);
+                .candidate(slot)
+                .is_some_and(|candidate| entry.proof_of(candidate).seqno <= unreachable.seqno);
             if withdrawn {
-                entry.candidates.remove(&from);
+                entry.remove_candidate(slot);
                 self.reselect(now, unreachable.destination);
             }
         }
@@ -855,17 +939,18 @@ impl Router {
             self.counters.adverts_too_many_hops += 1;
             return Err(Refusal::TooManyHops);
         }
+        let proof = Proof::of(&advert);
         let latest = self
             .destinations
             .get(&destination)
-            .and_then(|entry| entry.latest.as_ref());
+            .and_then(|entry| entry.latest());
         match latest {
-            Some(latest) if latest.is_newer_than(&advert) => {
+            Some(latest) if latest.is_newer_than(&proof) => {
                 self.counters.adverts_replayed += 1;
                 return Err(Refusal::Replayed);
             }
             // The very advertisement already verified, arriving by another path.
-            Some(latest) if *latest == advert => {}
+            Some(latest) if *latest == proof => {}
             _ => {
                 if advert.verify().is_err() {
                     self.counters.adverts_forged += 1;
@@ -884,26 +969,20 @@ impl Router {
             return Err(Refusal::TableFull);
         }
         let expires_at = now.min(advert.issued_at).saturating_add(route_timeout);
+        // Signed after it arrived (the clocks differ): it lives from its arrival.
+        let skew_ms = advert.issued_at.as_millis().saturating_sub(now.as_millis());
+        let slot = self.slot_of(&from);
         let entry = self.destinations.entry(destination).or_default();
         if entry
-            .latest
-            .as_ref()
-            .is_none_or(|latest| advert.is_newer_than(latest))
+            .latest()
+            .is_none_or(|latest| proof.is_newer_than(latest))
         {
-            entry.latest = Some(advert.clone());
+            entry.set_latest(proof);
         }
-        if !feasible(entry.fd, advert.seqno, metric) {
+        if !feasible(entry.fd(), advert.seqno, metric) {
             self.counters.adverts_infeasible += 1;
         }
-        entry.candidates.insert(
-            from,
-            Candidate {
-                advert,
-                metric,
-                path,
-                expires_at,
-            },
-        );
+        entry.insert_candidate(slot, metric, &proof, skew_ms, &path);
         self.next_purge = self.next_purge.min(expires_at);
         self.reselect(now, destination);
         Ok(())
@@ -913,18 +992,21 @@ impl Router {
     /// local repair when the old next hop became unusable and another is there, a lost
     /// route when none is.
     fn reselect(&mut self, now: Timestamp, destination: NodeId) {
-        let links = &self.links;
-        let cost = |neighbour: &NodeId| links.get(neighbour).map(|link| link.cost);
+        let (links, slots) = (&self.links, &self.slots);
+        let cost = |slot: Slot| {
+            let neighbour = slots.get(usize::from(slot)).copied().flatten()?;
+            links.get(&neighbour).map(|link| (link.cost, neighbour))
+        };
         let max_hops = self.config.max_hops;
         let Some(entry) = self.destinations.get_mut(&destination) else {
             return;
         };
-        let old = entry.selected;
+        let old = Some(entry.selected).filter(|slot| *slot != NO_SLOT);
         let new = entry.best(cost, max_hops);
-        entry.selected = new;
+        entry.selected = new.unwrap_or(NO_SLOT);
         match (old, new) {
             // The old next hop is no longer usable and another is: local repair.
-            (Some(old), Some(new)) if old != new && !entry.is_usable(&old, cost, max_hops) => {
+            (Some(old), Some(new)) if old != new && !entry.is_usable(old, cost, max_hops) => {
                 self.counters.local_repairs += 1;
                 if self.is_wanted(&destination, now) {
                     if let Some(route) = self.route(&destination) {
@@ -939,10 +1021,11 @@ impl Router {
 
     /// Re-selects every destination that has a candidate from `neighbour`.
     fn reselect_via(&mut self, now: Timestamp, neighbour: &NodeId) {
+        let slot = self.slot_of(neighbour);
         let affected: Vec<NodeId> = self
             .destinations
             .iter()
-            .filter(|(_, entry)| entry.candidates.contains_key(neighbour))
+            .filter(|(_, entry)| entry.candidate(slot).is_some())
             .map(|(destination, _)| *destination)
             .collect();
         for destination in affected {
@@ -956,9 +1039,12 @@ impl Router {
         let Some(entry) = self.destinations.get_mut(&destination) else {
             return;
         };
-        let seqno = entry.latest.as_ref().map_or(0, |advert| advert.seqno);
-        let precursors = std::mem::take(&mut entry.precursors);
-        for precursor in precursors {
+        let seqno = entry.latest().map_or(0, |latest| latest.seqno);
+        let precursors = entry.take_precursors();
+        for slot in precursors {
+            let Some(precursor) = self.neighbour_in(slot) else {
+                continue;
+            };
             if self.links.contains_key(&precursor) {
                 self.pending_rerrs
                     .entry(precursor)
@@ -988,19 +1074,23 @@ impl Router {
             .config
             .route_timeout
             .saturating_add(self.config.max_clock_skew);
-        let entry = self.destinations.get_mut(destination)?;
-        let next_hop = entry.selected?;
+        let recipient_slots: Vec<Slot> = recipients.iter().map(|n| self.slot_of(n)).collect();
+        let entry = self.destinations.get(destination)?;
+        let next_hop = self.neighbour_in(entry.selected)?;
         let cost = self.links.get(&next_hop)?.cost;
-        let candidate = entry.candidates.get(&next_hop)?;
+        let candidate = entry.candidate(entry.selected)?;
         let metric = candidate.metric.saturating_add(cost);
         if metric == METRIC_INFINITY {
             return None;
         }
-        let advert = candidate.advert.clone();
-        let path = candidate.path.clone();
+        let advert = entry.advert_of(candidate, *destination);
+        let path = entry.path_of(candidate, next_hop, *destination);
         let hold_until = advert.issued_at.saturating_add(hold);
+        let entry = self.destinations.get_mut(destination)?;
         entry.advertised(advert.seqno, metric, hold_until);
-        entry.precursors.extend(recipients.iter().copied());
+        for slot in recipient_slots {
+            entry.add_precursor(slot);
+        }
         self.next_purge = self.next_purge.min(hold_until);
         Some((advert, metric, path))
     }
@@ -1013,25 +1103,62 @@ impl Router {
     }
 
     fn route_of(&self, destination: &NodeId, entry: &DestinationEntry) -> Option<Route> {
-        let next_hop = entry.selected?;
-        let candidate = entry.candidates.get(&next_hop)?;
+        let next_hop = self.neighbour_in(entry.selected)?;
+        let candidate = entry.candidate(entry.selected)?;
         let cost = self.links.get(&next_hop)?.cost;
         Some(Route {
             destination: *destination,
             next_hop,
-            hop_count: u8::try_from(candidate.path.len()).unwrap_or(u8::MAX),
+            hop_count: candidate.hops,
             metric: candidate.metric.saturating_add(cost),
-            seqno: candidate.advert.seqno,
-            path: candidate.path.clone(),
-            expires_at: candidate.expires_at,
+            seqno: entry.proof_of(candidate).seqno,
+            path: entry.path_of(candidate, next_hop, *destination),
+            expires_at: entry.expires_at(candidate, self.config.route_timeout),
+        })
+    }
+
+    /// Whether this node's selected route to `neighbour` is the direct link.
+    fn is_direct(&self, neighbour: &NodeId) -> bool {
+        self.destinations.get(neighbour).is_some_and(|entry| {
+            self.neighbour_in(entry.selected) == Some(*neighbour)
+                && entry
+                    .candidate(entry.selected)
+                    .is_some_and(|candidate| candidate.hops == 1)
         })
     }
 
     fn is_wanted(&self, destination: &NodeId, now: Timestamp) -> bool {
         self.destinations
             .get(destination)
-            .and_then(|entry| entry.wanted_until)
+            .and_then(|entry| entry.wanted_until())
             .is_some_and(|until| until > now)
+    }
+
+    // ---- internals: neighbour slots ----
+
+    /// The neighbour in `slot`, if the slot is taken.
+    fn neighbour_in(&self, slot: Slot) -> Option<NodeId> {
+        self.slots.get(usize::from(slot)).copied().flatten()
+    }
+
+    /// The slot of a live neighbour ([`NO_SLOT`] for any other node, which names nothing).
+    fn slot_of(&self, neighbour: &NodeId) -> Slot {
+        self.links.get(neighbour).map_or(NO_SLOT, |link| link.slot)
+    }
+
+    /// Gives `neighbour` the lowest free slot, or [`NO_SLOT`] if all are taken (not with a
+    /// valid configuration: links are at most `max_neighbours`, at most [`MAX_SLOTS`]).
+    fn take_slot(&mut self, neighbour: NodeId) -> Slot {
+        let free = self.slots.iter().position(Option::is_none);
+        let index = free.unwrap_or(self.slots.len());
+        if index >= MAX_SLOTS {
+            return NO_SLOT;
+        }
+        match self.slots.get_mut(index) {
+            Some(slot) => *slot = Some(neighbour),
+            None => self.slots.push(Some(neighbour)),
+        }
+        Slot::try_from(index).unwrap_or(NO_SLOT)
     }
 
     // ---- internals: discovery ----
@@ -1136,9 +1263,7 @@ impl Router {
         neighbours.truncate(MAX_HELLO_LINKS);
         let mut links = Vec::with_capacity(neighbours.len());
         for (_, neighbour, quality) in neighbours {
-            let direct = self
-                .route(&neighbour)
-                .is_some_and(|route| route.path == [neighbour]);
+            let direct = self.is_direct(&neighbour);
             let route = if direct {
                 self.advertise(&neighbour, &recipients)
                     .map(|(advert, metric, _)| Announcement { advert, metric })
@@ -1184,42 +1309,40 @@ impl Router {
         let mut next = Timestamp::MAX;
         let mut changed = Vec::new();
         let mut forget = Vec::new();
+        let route_timeout = self.config.route_timeout;
         for (destination, entry) in &mut self.destinations {
-            let before = entry.candidates.len();
-            entry
-                .candidates
-                .retain(|_, candidate| candidate.expires_at > now);
-            let expired = before - entry.candidates.len();
+            let expired = entry.expire_candidates(now, route_timeout);
             self.counters.routes_expired += expired as u64;
             let mut dirty = expired > 0;
-            if entry.fd.is_some() && entry.fd_hold_until <= now {
-                entry.fd = None;
+            if entry.fd().is_some() && entry.fd_hold_until() <= now {
+                entry.forget_fd();
                 dirty = true;
             }
-            if entry.wanted_until.is_some_and(|until| until <= now) {
-                entry.wanted_until = None;
+            if entry.wanted_until().is_some_and(|until| until <= now) {
+                entry.set_wanted_until(None);
             }
             if dirty {
                 changed.push(*destination);
             }
-            let latest_until = entry.latest.as_ref().map_or(Timestamp::ZERO, |advert| {
-                advert.issued_at.saturating_add(keep_latest)
+            let latest_until = entry.latest().map_or(Timestamp::ZERO, |latest| {
+                latest.issued_at.saturating_add(keep_latest)
             });
-            if entry.candidates.is_empty()
-                && entry.fd.is_none()
-                && entry.wanted_until.is_none()
+            if !entry.has_candidates()
+                && entry.fd().is_none()
+                && entry.wanted_until().is_none()
                 && latest_until <= now
                 && !self.discoveries.contains_key(destination)
             {
                 forget.push(*destination);
                 continue;
             }
-            let candidates = entry.candidates.values().map(|c| c.expires_at);
-            let fd = entry.fd.map(|_| entry.fd_hold_until);
+            let candidates = entry.next_expiry(route_timeout);
+            let fd = entry.fd().map(|_| entry.fd_hold_until());
             let latest = (latest_until > now).then_some(latest_until);
             next = candidates
+                .into_iter()
                 .chain(fd)
-                .chain(entry.wanted_until)
+                .chain(entry.wanted_until())
                 .chain(latest)
                 .fold(next, Timestamp::min);
         }

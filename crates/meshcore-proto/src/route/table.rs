@@ -2,8 +2,11 @@
 //! distance, the selected route and its precursors; and [`Route`], the public view of a
 //! selected route.
 
+use std::fmt;
+use std::time::Duration;
+
 use crate::dht::time::Timestamp;
-use crate::identity::NodeId;
+use crate::identity::{NodeId, SIGNATURE_LEN};
 use crate::route::advert::SignedAdvert;
 use crate::route::metric::METRIC_INFINITY;
 
@@ -52,189 +55,614 @@ pub struct Route {
     pub expires_at: Timestamp,
 }
 
-/// An advertisement for a destination received from one neighbour.
-#[derive(Debug, Clone)]
+/// A neighbour's index in the router's table of live links. Candidates, precursors and the
+/// selected next hop name neighbours by slot (2 bytes) instead of by id (32 bytes). The
+/// router frees a slot only after every destination has forgotten the neighbour
+/// (`Router::link_down`), so a slot never names two neighbours at once.
+pub(crate) type Slot = u16;
+
+/// No neighbour.
+pub(crate) const NO_SLOT: Slot = Slot::MAX;
+
+/// How many slots a router can hand out (`0..NO_SLOT`).
+pub(crate) const MAX_SLOTS: usize = NO_SLOT as usize;
+
+/// What a destination signed, without its id (which is the key of its entry):
+/// `proof.advert(destination)` is the [`SignedAdvert`] again, signature and all.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Proof {
+    pub(crate) seqno: u64,
+    pub(crate) issued_at: Timestamp,
+    pub(crate) signature: [u8; SIGNATURE_LEN],
+}
+
+impl Proof {
+    pub(crate) fn of(advert: &SignedAdvert) -> Self {
+        Self {
+            seqno: advert.seqno,
+            issued_at: advert.issued_at,
+            signature: advert.signature,
+        }
+    }
+
+    /// The signed advertisement about `node` this proof was taken from.
+    pub(crate) fn advert(&self, node: NodeId) -> SignedAdvert {
+        SignedAdvert {
+            node,
+            seqno: self.seqno,
+            issued_at: self.issued_at,
+            signature: self.signature,
+        }
+    }
+
+    /// The order of [`SignedAdvert::is_newer_than`].
+    pub(crate) fn is_newer_than(&self, other: &Proof) -> bool {
+        (self.seqno, self.issued_at) > (other.seqno, other.issued_at)
+    }
+}
+
+impl fmt::Debug for Proof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proof")
+            .field("seqno", &self.seqno)
+            .field("issued_at", &self.issued_at)
+            .field(
+                "signature",
+                &format_args!("{}…", hex::encode(&self.signature[..8])),
+            )
+            .finish()
+    }
+}
+
+/// An advertisement for a destination received from one neighbour, in 8 bytes. Its signed
+/// part is the entry's newest advertisement unless [`OWN_PROOF`] is set; the nodes between
+/// its ends (routes of more than two hops) and a signing time after its arrival are kept
+/// beside it in the entry's [`Spill`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Candidate {
-    /// Signed by the destination.
-    pub(crate) advert: SignedAdvert,
     /// The neighbour's metric to the destination (as it advertised it).
     pub(crate) metric: u32,
-    /// From the neighbour to the destination.
-    pub(crate) path: Vec<NodeId>,
-    pub(crate) expires_at: Timestamp,
+    /// The neighbour that advertised it.
+    pub(crate) slot: Slot,
+    /// Nodes on the path from the neighbour to the destination, both included: 1 when the
+    /// neighbour is the destination.
+    pub(crate) hops: u8,
+    flags: u8,
 }
 
-/// A map from neighbour to value kept as a vector sorted by neighbour: a destination has
-/// one entry per neighbour that advertised it, usually one to three, and a `BTreeMap`
-/// would allocate a whole node (about 2 KiB here) for the first. Same iteration order
-/// (ascending id) as a `BTreeMap`, so behaviour stays deterministic.
+/// The candidate's advertisement is not the entry's newest: its own is in [`Spill::proofs`].
+const OWN_PROOF: u8 = 1;
+/// The advertisement was signed after it arrived (the clocks differ): [`Spill::skews`] holds
+/// by how many milliseconds, which the candidate's expiry is brought forward by.
+const SKEWED: u8 = 2;
+
+const NO_CANDIDATE: Candidate = Candidate {
+    metric: METRIC_INFINITY,
+    slot: NO_SLOT,
+    hops: 0,
+    flags: 0,
+};
+
+/// Everything this node knows about one destination: its newest verified advertisement,
+/// the candidates learned from neighbours, the selected one; and, in [`Cold`], only when
+/// there is any, the feasibility distance and the precursors (the state of a route this
+/// node advertised), and in its [`Spill`] the rest.
+///
+/// Laid out for the common case: one candidate carrying the newest advertisement over at
+/// most two hops fits in the entry's 104 bytes with no other allocation (the signature, 64
+/// bytes, is stored once per destination; the destination's id is the table's key).
 #[derive(Debug, Clone)]
-pub(crate) struct NeighbourMap<V>(Vec<(NodeId, V)>);
+pub(crate) struct DestinationEntry {
+    /// The newest advertisement with a verified signature (replay protection), if
+    /// `has_latest`.
+    latest: Proof,
+    cold: Option<Box<Cold>>,
+    /// The first candidate, [`NO_CANDIDATE`] when there is none; the others are in the
+    /// [`Spill`].
+    first: Candidate,
+    /// The neighbour whose candidate is selected, [`NO_SLOT`] when none is.
+    pub(crate) selected: Slot,
+    has_latest: bool,
+}
 
-impl<V> Default for NeighbourMap<V> {
-    fn default() -> Self {
-        Self(Vec::new())
+/// The parts of an entry that many destinations do without.
+#[derive(Debug, Clone)]
+struct Cold {
+    /// The feasibility distance's sequence number, when `fd_metric` is finite.
+    fd_seqno: u64,
+    /// The feasibility distance is kept until then: every advertisement derived from it is
+    /// stale by that time.
+    fd_hold_until: Timestamp,
+    /// Neighbours this node advertised the route to (they hear a RERR when it is lost):
+    /// bit `i` for slot `i` below 64, the others in [`Spill::precursors`].
+    precursors: u64,
+    /// The feasibility distance's metric, [`METRIC_INFINITY`] when there is no distance
+    /// (an advertised metric is always finite).
+    fd_metric: u32,
+    spill: Option<Box<Spill>>,
+}
+
+impl Cold {
+    const EMPTY: Cold = Cold {
+        fd_seqno: 0,
+        fd_hold_until: Timestamp::ZERO,
+        precursors: 0,
+        fd_metric: METRIC_INFINITY,
+        spill: None,
+    };
+
+    fn is_empty(&self) -> bool {
+        self.fd_metric == METRIC_INFINITY && self.precursors == 0 && self.spill.is_none()
     }
 }
 
-impl<V> NeighbourMap<V> {
-    fn position(&self, key: &NodeId) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.cmp(key))
+/// The rarer parts still: candidates after the first, what a candidate needs beyond its
+/// 8 bytes (by slot), and whether the destination is wanted (only a source's few
+/// destinations are). Vectors are kept at their length.
+#[derive(Debug, Clone, Default)]
+struct Spill {
+    /// Asked for by `find_route`; lost routes are rediscovered until then. `ZERO`: not
+    /// wanted.
+    wanted_until: Timestamp,
+    more: Vec<Candidate>,
+    /// Advertisements of candidates with [`OWN_PROOF`].
+    proofs: Vec<(Slot, Proof)>,
+    /// The nodes strictly between the neighbour and the destination, for candidates of
+    /// more than two hops.
+    paths: Vec<(Slot, Box<[NodeId]>)>,
+    /// For candidates with [`SKEWED`]: milliseconds between arrival and signing.
+    skews: Vec<(Slot, u64)>,
+    /// Precursors with slots of 64 and above.
+    precursors: Vec<Slot>,
+}
+
+impl Spill {
+    fn is_empty(&self) -> bool {
+        self.wanted_until == Timestamp::ZERO
+            && self.more.is_empty()
+            && self.proofs.is_empty()
+            && self.paths.is_empty()
+            && self.skews.is_empty()
+            && self.precursors.is_empty()
+    }
+}
+
+fn find<T>(list: &[(Slot, T)], slot: Slot) -> Option<&T> {
+    list.iter()
+        .find(|(at, _)| *at == slot)
+        .map(|(_, value)| value)
+}
+
+fn put<T>(list: &mut Vec<(Slot, T)>, slot: Slot, value: T) {
+    match list.iter_mut().find(|(at, _)| *at == slot) {
+        Some((_, old)) => *old = value,
+        None => {
+            list.reserve_exact(1);
+            list.push((slot, value));
+        }
+    }
+}
+
+fn take<T>(list: &mut Vec<(Slot, T)>, slot: Slot) -> Option<T> {
+    let at = list.iter().position(|(at, _)| *at == slot)?;
+    let (_, value) = list.swap_remove(at);
+    list.shrink_to_fit();
+    Some(value)
+}
+
+impl Default for DestinationEntry {
+    fn default() -> Self {
+        Self {
+            latest: Proof {
+                seqno: 0,
+                issued_at: Timestamp::ZERO,
+                signature: [0; SIGNATURE_LEN],
+            },
+            cold: None,
+            first: NO_CANDIDATE,
+            selected: NO_SLOT,
+            has_latest: false,
+        }
+    }
+}
+
+impl DestinationEntry {
+    // ---- the newest advertisement ----
+
+    /// The newest advertisement with a verified signature.
+    pub(crate) fn latest(&self) -> Option<&Proof> {
+        self.has_latest.then_some(&self.latest)
     }
 
-    pub(crate) fn get(&self, key: &NodeId) -> Option<&V> {
-        self.position(key).ok().map(|at| &self.0[at].1)
+    /// Makes `proof` the newest advertisement; the caller has checked that it is newer.
+    /// Candidates that carried the one it replaces keep that one as their own.
+    pub(crate) fn set_latest(&mut self, proof: Proof) {
+        if self.has_latest && self.latest != proof {
+            let old = self.latest;
+            if self.first.slot != NO_SLOT && self.first.flags & OWN_PROOF == 0 {
+                self.first.flags |= OWN_PROOF;
+                let slot = self.first.slot;
+                put(&mut self.spill_mut().proofs, slot, old);
+            }
+            if let Some(Spill { more, proofs, .. }) = self.spill_if_any_mut() {
+                for candidate in more.iter_mut().filter(|c| c.flags & OWN_PROOF == 0) {
+                    candidate.flags |= OWN_PROOF;
+                    put(proofs, candidate.slot, old);
+                }
+            }
+        }
+        self.latest = proof;
+        self.has_latest = true;
     }
 
-    pub(crate) fn contains_key(&self, key: &NodeId) -> bool {
-        self.position(key).is_ok()
+    // ---- candidates ----
+
+    /// Every candidate, in no particular order.
+    pub(crate) fn candidates(&self) -> impl Iterator<Item = &Candidate> + '_ {
+        let first = (self.first.slot != NO_SLOT).then_some(&self.first);
+        let more = self.spill().map(|spill| spill.more.iter());
+        first.into_iter().chain(more.into_iter().flatten())
     }
 
-    pub(crate) fn insert(&mut self, key: NodeId, value: V) -> Option<V> {
-        match self.position(&key) {
-            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, value)),
-            Err(at) => {
-                self.0.insert(at, (key, value));
-                self.0.shrink_to_fit();
-                None
+    /// The candidate from the neighbour in `slot`.
+    pub(crate) fn candidate(&self, slot: Slot) -> Option<&Candidate> {
+        if slot == NO_SLOT {
+            return None;
+        }
+        self.candidates().find(|candidate| candidate.slot == slot)
+    }
+
+    /// Whether any neighbour has advertised the destination.
+    pub(crate) fn has_candidates(&self) -> bool {
+        self.first.slot != NO_SLOT
+    }
+
+    /// The advertisement `candidate` carries (signed part).
+    pub(crate) fn proof_of(&self, candidate: &Candidate) -> &Proof {
+        if candidate.flags & OWN_PROOF != 0 {
+            let own = self
+                .spill()
+                .and_then(|spill| find(&spill.proofs, candidate.slot));
+            debug_assert!(own.is_some(), "a candidate with OWN_PROOF has its proof");
+            if let Some(own) = own {
+                return own;
+            }
+        }
+        &self.latest
+    }
+
+    /// The signed advertisement `candidate` carries, about `destination`.
+    pub(crate) fn advert_of(&self, candidate: &Candidate, destination: NodeId) -> SignedAdvert {
+        self.proof_of(candidate).advert(destination)
+    }
+
+    /// When `candidate` expires: `route_timeout` after its advertisement was signed, or
+    /// after it arrived if that was earlier.
+    pub(crate) fn expires_at(&self, candidate: &Candidate, route_timeout: Duration) -> Timestamp {
+        let skew = if candidate.flags & SKEWED != 0 {
+            self.spill()
+                .and_then(|spill| find(&spill.skews, candidate.slot))
+                .copied()
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let issued_at = self.proof_of(candidate).issued_at.as_millis();
+        Timestamp::from_millis(issued_at.saturating_sub(skew)).saturating_add(route_timeout)
+    }
+
+    /// `candidate`'s path from `neighbour` (its next hop) to `destination`, both included.
+    pub(crate) fn path_of(
+        &self,
+        candidate: &Candidate,
+        neighbour: NodeId,
+        destination: NodeId,
+    ) -> Vec<NodeId> {
+        if candidate.hops <= 1 {
+            return vec![neighbour];
+        }
+        let inner: &[NodeId] = if candidate.hops > 2 {
+            self.spill()
+                .and_then(|spill| find(&spill.paths, candidate.slot))
+                .map_or(&[], |inner| inner)
+        } else {
+            &[]
+        };
+        let mut path = Vec::with_capacity(inner.len() + 2);
+        path.push(neighbour);
+        path.extend_from_slice(inner);
+        path.push(destination);
+        path
+    }
+
+    /// Stores the advertisement `proof` from the neighbour in `slot` as its candidate,
+    /// replacing the one it had: its metric, `path` (from the neighbour to the destination,
+    /// both included; just the neighbour when it is the destination) and how many
+    /// milliseconds after its arrival it was signed (`skew_ms`, 0 normally).
+    pub(crate) fn insert_candidate(
+        &mut self,
+        slot: Slot,
+        metric: u32,
+        proof: &Proof,
+        skew_ms: u64,
+        path: &[NodeId],
+    ) {
+        debug_assert!(slot != NO_SLOT && !path.is_empty());
+        self.remove_candidate(slot);
+        let mut flags = 0;
+        if self.latest() != Some(proof) {
+            flags |= OWN_PROOF;
+            put(&mut self.spill_mut().proofs, slot, *proof);
+        }
+        if skew_ms > 0 {
+            flags |= SKEWED;
+            put(&mut self.spill_mut().skews, slot, skew_ms);
+        }
+        if path.len() > 2 {
+            let inner: Box<[NodeId]> = path[1..path.len() - 1].into();
+            put(&mut self.spill_mut().paths, slot, inner);
+        }
+        let candidate = Candidate {
+            metric,
+            slot,
+            hops: u8::try_from(path.len()).unwrap_or(u8::MAX),
+            flags,
+        };
+        if self.first.slot == NO_SLOT {
+            self.first = candidate;
+        } else {
+            let more = &mut self.spill_mut().more;
+            more.reserve_exact(1);
+            more.push(candidate);
+        }
+    }
+
+    /// Forgets the candidate from `slot`; whether there was one. The selection is the
+    /// caller's to redo.
+    pub(crate) fn remove_candidate(&mut self, slot: Slot) -> bool {
+        if slot == NO_SLOT {
+            return false;
+        }
+        let found = if self.first.slot == slot {
+            self.first = self
+                .spill_if_any_mut()
+                .and_then(|spill| spill.more.pop())
+                .unwrap_or(NO_CANDIDATE);
+            true
+        } else if let Some(spill) = self.spill_if_any_mut() {
+            match spill.more.iter().position(|c| c.slot == slot) {
+                Some(at) => {
+                    spill.more.swap_remove(at);
+                    true
+                }
+                None => false,
+            }
+        } else {
+            false
+        };
+        if found {
+            if let Some(spill) = self.spill_if_any_mut() {
+                spill.more.shrink_to_fit();
+                take(&mut spill.proofs, slot);
+                take(&mut spill.paths, slot);
+                take(&mut spill.skews, slot);
+            }
+            self.tidy();
+        }
+        found
+    }
+
+    /// Forgets the candidates that have expired by `now`; how many.
+    pub(crate) fn expire_candidates(&mut self, now: Timestamp, route_timeout: Duration) -> usize {
+        let mut expired = 0;
+        loop {
+            let due = self
+                .candidates()
+                .find(|candidate| self.expires_at(candidate, route_timeout) <= now)
+                .map(|candidate| candidate.slot);
+            let Some(slot) = due else {
+                return expired;
+            };
+            self.remove_candidate(slot);
+            expired += 1;
+        }
+    }
+
+    /// The earliest candidate expiry.
+    pub(crate) fn next_expiry(&self, route_timeout: Duration) -> Option<Timestamp> {
+        self.candidates()
+            .map(|candidate| self.expires_at(candidate, route_timeout))
+            .min()
+    }
+
+    // ---- selection ----
+
+    /// The best usable candidate: feasible, over a live link (`link` gives its cost and the
+    /// neighbour's id), within `max_hops`, with a finite metric. Prefers the newest sequence
+    /// number, then the lowest metric, then the smallest neighbour id.
+    pub(crate) fn best(
+        &self,
+        link: impl Fn(Slot) -> Option<(u32, NodeId)>,
+        max_hops: u8,
+    ) -> Option<Slot> {
+        self.candidates()
+            .filter_map(|candidate| {
+                let (cost, neighbour) = link(candidate.slot)?;
+                let metric = self.usable_metric(candidate, cost, max_hops)?;
+                Some((
+                    self.proof_of(candidate).seqno,
+                    metric,
+                    neighbour,
+                    candidate.slot,
+                ))
+            })
+            .min_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)))
+            .map(|(_, _, _, slot)| slot)
+    }
+
+    /// Whether the candidate from `slot` could be selected now.
+    pub(crate) fn is_usable(
+        &self,
+        slot: Slot,
+        link: impl Fn(Slot) -> Option<(u32, NodeId)>,
+        max_hops: u8,
+    ) -> bool {
+        self.candidate(slot).is_some_and(|candidate| {
+            link(slot)
+                .is_some_and(|(cost, _)| self.usable_metric(candidate, cost, max_hops).is_some())
+        })
+    }
+
+    fn usable_metric(&self, candidate: &Candidate, cost: u32, max_hops: u8) -> Option<u32> {
+        let metric = candidate.metric.saturating_add(cost);
+        (metric < METRIC_INFINITY
+            && candidate.hops <= max_hops
+            && feasible(self.fd(), self.proof_of(candidate).seqno, candidate.metric))
+        .then_some(metric)
+    }
+
+    // ---- feasibility distance ----
+
+    /// The feasibility distance, once this node has advertised a route to the destination.
+    pub(crate) fn fd(&self) -> Option<FeasibilityDistance> {
+        self.cold
+            .as_ref()
+            .filter(|cold| cold.fd_metric != METRIC_INFINITY)
+            .map(|cold| FeasibilityDistance {
+                seqno: cold.fd_seqno,
+                metric: cold.fd_metric,
+            })
+    }
+
+    /// When the feasibility distance may be forgotten.
+    pub(crate) fn fd_hold_until(&self) -> Timestamp {
+        self.cold
+            .as_ref()
+            .map_or(Timestamp::ZERO, |cold| cold.fd_hold_until)
+    }
+
+    /// Records that this node advertised `(seqno, metric)`: the feasibility distance only
+    /// ever improves, and is held until `hold_until`. An infinite metric (a retraction)
+    /// sets no distance.
+    pub(crate) fn advertised(&mut self, seqno: u64, metric: u32, hold_until: Timestamp) {
+        let improves = metric != METRIC_INFINITY && feasible(self.fd(), seqno, metric);
+        let cold = self.cold_mut();
+        if improves {
+            cold.fd_seqno = seqno;
+            cold.fd_metric = metric;
+        }
+        cold.fd_hold_until = cold.fd_hold_until.max(hold_until);
+        self.tidy();
+    }
+
+    /// Forgets the feasibility distance (its hold time has passed).
+    pub(crate) fn forget_fd(&mut self) {
+        if let Some(cold) = self.cold.as_mut() {
+            cold.fd_metric = METRIC_INFINITY;
+            cold.fd_seqno = 0;
+            cold.fd_hold_until = Timestamp::ZERO;
+        }
+        self.tidy();
+    }
+
+    // ---- wanted ----
+
+    /// Until when the destination is wanted (asked for by `find_route`).
+    pub(crate) fn wanted_until(&self) -> Option<Timestamp> {
+        self.spill()
+            .map(|spill| spill.wanted_until)
+            .filter(|until| *until != Timestamp::ZERO)
+    }
+
+    /// Sets (or with `None` clears) the time the destination is wanted until.
+    pub(crate) fn set_wanted_until(&mut self, until: Option<Timestamp>) {
+        match until.filter(|until| *until != Timestamp::ZERO) {
+            Some(until) => self.spill_mut().wanted_until = until,
+            None => {
+                if let Some(spill) = self.spill_if_any_mut() {
+                    spill.wanted_until = Timestamp::ZERO;
+                }
+                self.tidy();
             }
         }
     }
 
-    pub(crate) fn remove(&mut self, key: &NodeId) -> Option<V> {
-        let at = self.position(key).ok()?;
-        let (_, value) = self.0.remove(at);
-        self.0.shrink_to_fit();
-        Some(value)
-    }
+    // ---- precursors ----
 
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&NodeId, &mut V) -> bool) {
-        self.0.retain_mut(|(key, value)| keep(key, value));
-        self.0.shrink_to_fit();
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&NodeId, &V)> {
-        self.0.iter().map(|(key, value)| (key, value))
-    }
-
-    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
-        self.0.iter().map(|(_, value)| value)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// A set of neighbours kept as a sorted vector (see [`NeighbourMap`]).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct NeighbourSet(NeighbourMap<()>);
-
-impl NeighbourSet {
-    pub(crate) fn insert(&mut self, key: NodeId) -> bool {
-        self.0.insert(key, ()).is_none()
-    }
-
-    pub(crate) fn remove(&mut self, key: &NodeId) -> bool {
-        self.0.remove(key).is_some()
-    }
-}
-
-impl Extend<NodeId> for NeighbourSet {
-    fn extend<T: IntoIterator<Item = NodeId>>(&mut self, keys: T) {
-        for key in keys {
-            self.insert(key);
+    /// Adds the neighbour in `slot` to the precursors.
+    pub(crate) fn add_precursor(&mut self, slot: Slot) {
+        if slot < 64 {
+            self.cold_mut().precursors |= 1 << slot;
+        } else if slot != NO_SLOT {
+            let precursors = &mut self.spill_mut().precursors;
+            if !precursors.contains(&slot) {
+                precursors.reserve_exact(1);
+                precursors.push(slot);
+            }
         }
     }
-}
 
-impl IntoIterator for NeighbourSet {
-    type Item = NodeId;
-    type IntoIter = std::iter::Map<std::vec::IntoIter<(NodeId, ())>, fn((NodeId, ())) -> NodeId>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        (self.0).0.into_iter().map(|(key, ())| key)
-    }
-}
-
-/// Everything this node knows about one destination.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct DestinationEntry {
-    /// The newest advertisement with a verified signature (replay protection).
-    pub(crate) latest: Option<SignedAdvert>,
-    /// The feasibility distance, once this node has advertised a route to the destination.
-    pub(crate) fd: Option<FeasibilityDistance>,
-    /// The feasibility distance is kept until then: every advertisement derived from it is
-    /// stale by that time.
-    pub(crate) fd_hold_until: Timestamp,
-    /// One candidate per neighbour.
-    pub(crate) candidates: NeighbourMap<Candidate>,
-    /// The neighbour whose candidate is selected.
-    pub(crate) selected: Option<NodeId>,
-    /// Neighbours this node advertised the route to; they hear a RERR when it is lost.
-    pub(crate) precursors: NeighbourSet,
-    /// Asked for by `find_route`; lost routes are rediscovered until then.
-    pub(crate) wanted_until: Option<Timestamp>,
-}
-
-impl DestinationEntry {
-    /// The best usable candidate: feasible, over a live link (`link_cost` gives its cost),
-    /// within `max_hops`, with a finite metric. Prefers the newest sequence number, then the
-    /// lowest metric, then the smallest neighbour id.
-    pub(crate) fn best(
-        &self,
-        link_cost: impl Fn(&NodeId) -> Option<u32>,
-        max_hops: u8,
-    ) -> Option<NodeId> {
-        self.candidates
-            .iter()
-            .filter_map(|(neighbour, candidate)| {
-                let metric = self.usable_metric(neighbour, candidate, &link_cost, max_hops)?;
-                Some((candidate.advert.seqno, metric, *neighbour))
-            })
-            .min_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)))
-            .map(|(_, _, neighbour)| neighbour)
-    }
-
-    /// Whether the candidate from `neighbour` could be selected now.
-    pub(crate) fn is_usable(
-        &self,
-        neighbour: &NodeId,
-        link_cost: impl Fn(&NodeId) -> Option<u32>,
-        max_hops: u8,
-    ) -> bool {
-        self.candidates.get(neighbour).is_some_and(|candidate| {
-            self.usable_metric(neighbour, candidate, &link_cost, max_hops)
-                .is_some()
-        })
-    }
-
-    fn usable_metric(
-        &self,
-        neighbour: &NodeId,
-        candidate: &Candidate,
-        link_cost: &impl Fn(&NodeId) -> Option<u32>,
-        max_hops: u8,
-    ) -> Option<u32> {
-        let cost = link_cost(neighbour)?;
-        let metric = candidate.metric.saturating_add(cost);
-        (metric < METRIC_INFINITY
-            && candidate.path.len() <= usize::from(max_hops)
-            && feasible(self.fd, candidate.advert.seqno, candidate.metric))
-        .then_some(metric)
-    }
-
-    /// Records that this node advertised `(seqno, metric)`: the feasibility distance only
-    /// ever improves, and is held until `hold_until`.
-    pub(crate) fn advertised(&mut self, seqno: u64, metric: u32, hold_until: Timestamp) {
-        if feasible(self.fd, seqno, metric) {
-            self.fd = Some(FeasibilityDistance { seqno, metric });
+    /// Removes the neighbour in `slot` from the precursors.
+    pub(crate) fn remove_precursor(&mut self, slot: Slot) {
+        if slot < 64 {
+            if let Some(cold) = self.cold.as_mut() {
+                cold.precursors &= !(1 << slot);
+            }
+        } else if let Some(spill) = self.spill_if_any_mut() {
+            if let Some(at) = spill.precursors.iter().position(|s| *s == slot) {
+                spill.precursors.swap_remove(at);
+                spill.precursors.shrink_to_fit();
+            }
         }
-        self.fd_hold_until = self.fd_hold_until.max(hold_until);
+        self.tidy();
+    }
+
+    /// Takes every precursor out, by slot.
+    pub(crate) fn take_precursors(&mut self) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        if let Some(cold) = self.cold.as_mut() {
+            let mut bits = std::mem::take(&mut cold.precursors);
+            while bits != 0 {
+                slots.push(bits.trailing_zeros() as Slot);
+                bits &= bits - 1;
+            }
+        }
+        if let Some(spill) = self.spill_if_any_mut() {
+            slots.append(&mut spill.precursors);
+            spill.precursors.shrink_to_fit();
+        }
+        self.tidy();
+        slots
+    }
+
+    // ---- storage ----
+
+    fn cold_mut(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(|| Box::new(Cold::EMPTY))
+    }
+
+    fn spill(&self) -> Option<&Spill> {
+        self.cold.as_ref()?.spill.as_deref()
+    }
+
+    fn spill_if_any_mut(&mut self) -> Option<&mut Spill> {
+        self.cold.as_mut()?.spill.as_deref_mut()
+    }
+
+    fn spill_mut(&mut self) -> &mut Spill {
+        self.cold_mut().spill.get_or_insert_with(Box::default)
+    }
+
+    /// Frees what holds nothing any more.
+    fn tidy(&mut self) {
+        if let Some(cold) = self.cold.as_mut() {
+            if cold.spill.as_ref().is_some_and(|spill| spill.is_empty()) {
+                cold.spill = None;
+            }
+            if cold.is_empty() {
+                self.cold = None;
+            }
+        }
     }
 }
 
@@ -248,6 +676,8 @@ mod tests {
     fn keypair(seed: u64) -> NodeKeypair {
         NodeKeypair::generate(&mut ChaCha20Rng::seed_from_u64(seed))
     }
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
 
     #[test]
     fn feasibility_follows_rfc_8966() {
@@ -265,41 +695,194 @@ mod tests {
     #[test]
     fn selection_skips_infeasible_candidates_and_prefers_new_seqnos() {
         let destination = keypair(1);
-        let [a, b, c] = [
+        let ids = [
             keypair(2).node_id(),
             keypair(3).node_id(),
             keypair(4).node_id(),
         ];
-        let old = SignedAdvert::sign(&destination, 10, Timestamp::ZERO);
-        let new = SignedAdvert::sign(&destination, 11, Timestamp::ZERO);
-        let candidate = |advert: &SignedAdvert, metric| Candidate {
-            advert: advert.clone(),
-            metric,
-            path: vec![],
-            expires_at: Timestamp::MAX,
-        };
+        let [a, b, c]: [Slot; 3] = [0, 1, 2];
+        let old = Proof::of(&SignedAdvert::sign(&destination, 10, Timestamp::ZERO));
+        let new = Proof::of(&SignedAdvert::sign(&destination, 11, Timestamp::ZERO));
+        let dest = destination.node_id();
+        let path = [dest];
         let mut entry = DestinationEntry::default();
-        entry.candidates.insert(a, candidate(&old, 100));
-        entry.candidates.insert(b, candidate(&old, 300));
-        let cost = |_: &NodeId| Some(100);
+        entry.set_latest(old);
+        entry.insert_candidate(a, 100, &old, 0, &path);
+        entry.insert_candidate(b, 300, &old, 0, &path);
+        let cost = |slot: Slot| Some((100, ids[usize::from(slot)]));
         assert_eq!(entry.best(cost, 10), Some(a));
         entry.advertised(10, 200, Timestamp::MAX);
         assert_eq!(entry.best(cost, 10), Some(a), "100 < 200 stays feasible");
-        entry.candidates.insert(a, candidate(&old, 250));
+        entry.insert_candidate(a, 250, &old, 0, &path);
         assert_eq!(entry.best(cost, 10), None, "250 and 300 are not below 200");
-        assert!(!entry.is_usable(&a, cost, 10));
-        entry.candidates.insert(c, candidate(&new, 5_000));
+        assert!(!entry.is_usable(a, cost, 10));
+        entry.set_latest(new);
+        entry.insert_candidate(c, 5_000, &new, 0, &path);
         assert_eq!(entry.best(cost, 10), Some(c), "a newer seqno wins");
         assert_eq!(entry.best(|_| None, 10), None, "no live link, no route");
         // A worse advertisement never raises the distance.
         entry.advertised(10, 900, Timestamp::ZERO);
         assert_eq!(
-            entry.fd,
+            entry.fd(),
             Some(FeasibilityDistance {
                 seqno: 10,
                 metric: 200
             })
         );
-        assert_eq!(entry.fd_hold_until, Timestamp::MAX);
+        assert_eq!(entry.fd_hold_until(), Timestamp::MAX);
+        // Ties on seqno and metric go to the smaller neighbour id.
+        let mut tie = DestinationEntry::default();
+        tie.set_latest(old);
+        tie.insert_candidate(a, 100, &old, 0, &path);
+        tie.insert_candidate(b, 100, &old, 0, &path);
+        let smaller = if ids[0] < ids[1] { a } else { b };
+        assert_eq!(tie.best(cost, 10), Some(smaller));
+    }
+
+    #[test]
+    fn a_destination_with_one_short_route_fits_in_its_entry() {
+        // The entry is boxed in the table: 104 bytes are a 112-byte allocation (glibc), and
+        // an advertised route's cold part, 40 bytes, a 48-byte one.
+        assert!(
+            std::mem::size_of::<DestinationEntry>() <= 104,
+            "{} bytes",
+            std::mem::size_of::<DestinationEntry>()
+        );
+        assert!(std::mem::size_of::<Cold>() <= 40);
+        assert_eq!(std::mem::size_of::<Candidate>(), 8);
+        let destination = keypair(1);
+        let neighbour = keypair(2).node_id();
+        let advert = SignedAdvert::sign(&destination, 7, Timestamp::from_millis(1_000));
+        let proof = Proof::of(&advert);
+        let mut entry = DestinationEntry::default();
+        entry.set_latest(proof);
+        entry.insert_candidate(3, 150, &proof, 0, &[neighbour, destination.node_id()]);
+        entry.selected = 3;
+        assert!(entry.cold.is_none(), "nothing beyond the entry itself");
+        let candidate = *entry.candidate(3).expect("a candidate");
+        assert_eq!(entry.advert_of(&candidate, destination.node_id()), advert);
+        assert_eq!(
+            entry.path_of(&candidate, neighbour, destination.node_id()),
+            vec![neighbour, destination.node_id()]
+        );
+        assert_eq!(
+            entry.expires_at(&candidate, TIMEOUT),
+            Timestamp::from_millis(301_000)
+        );
+    }
+
+    #[test]
+    fn candidates_keep_their_own_advert_when_a_newer_one_arrives() {
+        let destination = keypair(1);
+        let dest = destination.node_id();
+        let old = SignedAdvert::sign(&destination, 7, Timestamp::from_millis(1_000));
+        let new = SignedAdvert::sign(&destination, 8, Timestamp::from_millis(2_000));
+        let [x, y, z] = [
+            keypair(2).node_id(),
+            keypair(3).node_id(),
+            keypair(4).node_id(),
+        ];
+        let mut entry = DestinationEntry::default();
+        entry.set_latest(Proof::of(&old));
+        // A four-hop path: the nodes between the ends are kept aside.
+        entry.insert_candidate(0, 10, &Proof::of(&old), 0, &[x, y, z, dest]);
+        entry.insert_candidate(70, 20, &Proof::of(&old), 0, &[z, dest]);
+        entry.set_latest(Proof::of(&new));
+        entry.insert_candidate(1, 30, &Proof::of(&new), 0, &[y, dest]);
+        let advert = |entry: &DestinationEntry, slot| {
+            entry.advert_of(entry.candidate(slot).expect("a candidate"), dest)
+        };
+        assert_eq!(advert(&entry, 0), old);
+        assert_eq!(advert(&entry, 70), old);
+        assert_eq!(advert(&entry, 1), new);
+        assert_eq!(entry.latest(), Some(&Proof::of(&new)));
+        let first = *entry.candidate(0).expect("a candidate");
+        assert_eq!(first.hops, 4);
+        assert_eq!(entry.path_of(&first, x, dest), vec![x, y, z, dest]);
+        // The neighbour in slot 0 catches up: its candidate shares the newest advert again.
+        entry.insert_candidate(0, 10, &Proof::of(&new), 0, &[x, dest]);
+        assert_eq!(advert(&entry, 0), new);
+        assert_eq!(
+            entry.spill().expect("spilled").proofs.len(),
+            1,
+            "only slot 70's own"
+        );
+        assert!(entry.spill().expect("spilled").paths.is_empty());
+        // Removing all but one candidate frees everything else.
+        assert!(entry.remove_candidate(70));
+        assert!(entry.remove_candidate(0));
+        assert!(!entry.remove_candidate(0));
+        assert_eq!(entry.candidates().count(), 1);
+        assert!(entry.cold.is_none());
+        assert_eq!(advert(&entry, 1), new);
+    }
+
+    #[test]
+    fn an_advert_signed_after_it_arrived_expires_from_its_arrival() {
+        let destination = keypair(1);
+        let dest = destination.node_id();
+        // Signed at 5 s on the destination's clock, received at 2 s on ours.
+        let proof = Proof::of(&SignedAdvert::sign(
+            &destination,
+            1,
+            Timestamp::from_millis(5_000),
+        ));
+        let mut entry = DestinationEntry::default();
+        entry.set_latest(proof);
+        entry.insert_candidate(0, 0, &proof, 3_000, &[dest]);
+        entry.insert_candidate(1, 0, &proof, 0, &[dest]);
+        let expiry = |slot| entry.expires_at(entry.candidate(slot).expect("a candidate"), TIMEOUT);
+        assert_eq!(expiry(0), Timestamp::from_millis(302_000));
+        assert_eq!(expiry(1), Timestamp::from_millis(305_000));
+        assert_eq!(
+            entry.next_expiry(TIMEOUT),
+            Some(Timestamp::from_millis(302_000))
+        );
+        assert_eq!(
+            entry.expire_candidates(Timestamp::from_millis(302_000), TIMEOUT),
+            1
+        );
+        assert!(entry.candidate(0).is_none() && entry.candidate(1).is_some());
+        assert_eq!(
+            entry.expire_candidates(Timestamp::from_millis(305_000), TIMEOUT),
+            1
+        );
+        assert!(!entry.has_candidates());
+        assert!(entry.cold.is_none());
+    }
+
+    #[test]
+    fn precursors_fd_and_wanted_are_stored_only_while_set() {
+        let mut entry = DestinationEntry::default();
+        entry.add_precursor(3);
+        entry.add_precursor(64);
+        entry.add_precursor(900);
+        entry.add_precursor(900);
+        entry.remove_precursor(64);
+        let mut taken = entry.take_precursors();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![3, 900]);
+        assert!(entry.cold.is_none());
+        entry.set_wanted_until(Some(Timestamp::from_millis(10)));
+        assert_eq!(entry.wanted_until(), Some(Timestamp::from_millis(10)));
+        entry.advertised(5, 100, Timestamp::from_millis(20));
+        entry.set_wanted_until(None);
+        assert_eq!(entry.wanted_until(), None);
+        assert_eq!(
+            entry.fd(),
+            Some(FeasibilityDistance {
+                seqno: 5,
+                metric: 100
+            })
+        );
+        entry.advertised(6, METRIC_INFINITY, Timestamp::from_millis(30));
+        assert_eq!(
+            entry.fd().map(|fd| fd.seqno),
+            Some(5),
+            "a retraction sets no distance"
+        );
+        entry.forget_fd();
+        assert_eq!(entry.fd(), None);
+        assert!(entry.cold.is_none());
     }
 }

@@ -369,6 +369,149 @@ fn a_broken_link_sends_rerr_to_precursors_and_the_source_rediscovers() {
 }
 
 #[test]
+fn a_relay_without_a_route_answers_a_data_packet_with_rerr_and_the_source_rediscovers() {
+    let mut sim = line(5);
+    let now = sim.now;
+    let target = sim.ids[4];
+    sim.routers[0].find_route(now, target).expect("started");
+    sim.collect();
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.walk(0, 4), [1, 2, 3, 4]);
+    let seqno_at_2 = sim.routers[2].route(&target).expect("a route").seqno;
+    let started = sim.routers[0].counters().discoveries_started;
+    // Node 3 loses its link to 4 and the route errors it sends are lost: 0, 1 and 2 still
+    // send towards it, and it has no route to pass packets on.
+    sim.cut(3, 4);
+    let before = sim.queue.len();
+    sim.queue
+        .retain(|(_, _, message)| !matches!(message, RouteMessage::Rerr(_)));
+    assert!(sim.queue.len() < before, "node 3 did send a RERR, now lost");
+    sim.run();
+    assert_eq!(sim.walk(0, 4), [1, 2, 3], "a dead end at 3");
+    assert_eq!(sim.routers[3].next_hop(&target), None);
+
+    // A data packet for 4 reaches 3 from 2.
+    let (now, from) = (sim.now, sim.ids[2]);
+    let sent_before = sim.sent.len();
+    sim.routers[3].handle_unroutable(now, from, target.as_bytes());
+    sim.collect();
+    let answers: Vec<&Rerr> = sim.sent[sent_before..]
+        .iter()
+        .filter_map(|(from, to, message)| match message {
+            RouteMessage::Rerr(rerr) if (*from, *to) == (3, 2) => Some(rerr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "one RERR, to the neighbour the packet came from"
+    );
+    assert_eq!(answers[0].unreachable.len(), 1);
+    assert_eq!(answers[0].unreachable[0].destination, target);
+    assert!(
+        answers[0].unreachable[0].seqno >= seqno_at_2,
+        "it withdraws the route 2 learned from 3"
+    );
+    assert_eq!(sim.routers[3].counters().packets_unroutable, 1);
+
+    // It travels back along the precursors; the source rediscovers at once.
+    sim.run();
+    assert_eq!(sim.routers[2].next_hop(&target), None);
+    assert_eq!(sim.routers[1].next_hop(&target), None);
+    assert_eq!(sim.routers[0].next_hop(&target), None);
+    assert!(sim.events_of(0).contains(&&RouteEvent::RouteLost {
+        destination: target
+    }));
+    assert_eq!(
+        sim.routers[0].counters().discoveries_started,
+        started + 1,
+        "a wanted destination is rediscovered"
+    );
+    assert!(sim.routers[0].is_discovering(&target));
+}
+
+#[test]
+fn route_errors_for_unroutable_packets_are_rate_limited_and_go_only_to_neighbours() {
+    let mut config = RouterConfig::new(1);
+    config.rerr_rate_limit = 3;
+    let mut router = Router::new(config, keypair(0), T0).expect("valid");
+    let (neighbour, other) = (id(1), id(2));
+    router.link_up(T0, neighbour, good()).expect("up");
+    router.link_up(T0, other, good()).expect("up");
+    let rerrs = |router: &mut Router| {
+        let mut sent = Vec::new();
+        while let Some((to, message)) = router.poll_transmit() {
+            if let RouteMessage::Rerr(rerr) = message {
+                sent.push((to, rerr.unreachable));
+            }
+        }
+        sent
+    };
+    rerrs(&mut router);
+    // A destination this node knows nothing of: any route through here is withdrawn.
+    let unknown = id(5);
+    for _ in 0..5 {
+        router.handle_unroutable(T0, neighbour, unknown.as_bytes());
+    }
+    let withdrawn = vec![Unreachable {
+        destination: unknown,
+        seqno: u64::MAX,
+    }];
+    assert_eq!(rerrs(&mut router), vec![(neighbour, withdrawn.clone()); 3]);
+    let counters = *router.counters();
+    assert_eq!(
+        (counters.packets_unroutable, counters.rerrs_rate_limited),
+        (5, 2)
+    );
+    // The bucket refills at `rerr_rate_limit` per second.
+    let later = T0.saturating_add(Duration::from_millis(400));
+    router.handle_unroutable(later, neighbour, unknown.as_bytes());
+    assert_eq!(rerrs(&mut router), vec![(neighbour, withdrawn)]);
+
+    // Nothing for a packet from a non-neighbour, for bytes that are not a node id, or for
+    // this node itself.
+    let later = later.saturating_add(Duration::from_secs(1));
+    router.handle_unroutable(later, id(6), unknown.as_bytes());
+    let invalid = (0u8..=255)
+        .map(|i| [i; crate::identity::NODE_ID_LEN])
+        .find(|bytes| NodeId::from_bytes(*bytes).is_err())
+        .expect("an invalid point encoding exists");
+    router.handle_unroutable(later, neighbour, &invalid);
+    router.handle_unroutable(later, neighbour, id(0).as_bytes());
+    assert_eq!(rerrs(&mut router), vec![]);
+
+    // Nothing while there is a route (a packet that raced the route's arrival); once it is
+    // lost, the newest sequence number known is reported.
+    let advert = SignedAdvert::sign(&keypair(1), 77, later);
+    router.handle_message(
+        later,
+        neighbour,
+        RouteMessage::Hello(Hello {
+            advert,
+            links: vec![],
+        }),
+    );
+    assert_eq!(router.next_hop(&neighbour), Some(neighbour));
+    rerrs(&mut router);
+    router.handle_unroutable(later, other, neighbour.as_bytes());
+    assert_eq!(rerrs(&mut router), vec![]);
+    router.link_down(later, neighbour);
+    rerrs(&mut router);
+    router.handle_unroutable(later, other, neighbour.as_bytes());
+    assert_eq!(
+        rerrs(&mut router),
+        vec![(
+            other,
+            vec![Unreachable {
+                destination: neighbour,
+                seqno: 77
+            }]
+        )]
+    );
+}
+
+#[test]
 fn routes_expire_after_route_timeout() {
     let config = |i: usize| {
         let mut config = RouterConfig::new(i as u64);
@@ -598,6 +741,8 @@ enum Op {
     Advance(u16),
     /// Jump to the earliest timer of any node.
     NextTimeout,
+    /// Node a could not forward a data packet from its neighbour b for node c.
+    Unroutable(usize, usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -610,9 +755,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => pair.clone().prop_map(|(a, b)| Op::Cut(a, b)),
         1 => pair.clone().prop_map(|(a, b)| Op::CutOneSide(a, b)),
         2 => pair.clone().prop_map(|(a, b)| Op::Restore(a, b)),
-        2 => (pair, 1u16..300, 0u8..90).prop_map(|((a, b), rtt, loss)| Op::Metric(a, b, rtt, loss)),
+        2 => (pair.clone(), 1u16..300, 0u8..90).prop_map(|((a, b), rtt, loss)| Op::Metric(a, b, rtt, loss)),
         2 => (0u16..3000).prop_map(Op::Advance),
         2 => Just(Op::NextTimeout),
+        2 => (pair, 0usize..8).prop_map(|((a, b), c)| Op::Unroutable(a, b, c)),
     ]
 }
 
@@ -671,8 +817,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     /// Random topologies of up to 8 nodes under random interleavings of deliveries,
-    /// losses, reorderings, discoveries, link failures and recoveries, metric changes and
-    /// timers: next-hop pointers never form a loop, after every single step.
+    /// losses, reorderings, discoveries, link failures and recoveries, metric changes,
+    /// timers and route errors for packets without a route: next-hop pointers never form a
+    /// loop, after every single step.
     #[test]
     fn next_hops_never_loop(
         size in 3usize..=8,
@@ -746,6 +893,15 @@ proptest! {
                 }
                 Op::NextTimeout => {
                     sim.step_timeout(Timestamp::MAX);
+                }
+                Op::Unroutable(a, b, c) => {
+                    let (a, b, c) = (a % size, b % size, c % size);
+                    // As the driver reports it: only when a has no next hop for c.
+                    if sim.routers[a].next_hop(&sim.ids[c]).is_none() {
+                        let (from, destination) = (sim.ids[b], sim.ids[c]);
+                        sim.routers[a].handle_unroutable(now, from, destination.as_bytes());
+                        sim.collect();
+                    }
                 }
                 Op::Deliver(_) | Op::Drop(_) => {}
             }
