@@ -62,9 +62,11 @@ const DATAGRAM_QUEUE: usize = 4096;
 /// Largest datagram read.
 const DATAGRAM_MAX: usize = 2048;
 
-/// Bytes a session's data channel may have unacknowledged (str0m's default, 128 KiB, caps a
-/// download at 128 KiB per round trip).
-pub const SCTP_SEND_BUFFER: usize = 2 * 1024 * 1024;
+/// Bytes a session's data channel may have unacknowledged (str0m's default). Measured with
+/// `scripts/bench-browser`: 2 MiB let bursts overflow Chromium's 128 KiB UDP receive buffer
+/// (kernel drop counters rose) and SCTP's loss recovery cut downloads to about 5 MB/s; at
+/// 128 KiB they ran at about 13 MB/s.
+pub const SCTP_SEND_BUFFER: usize = 128 * 1024;
 
 /// Datagrams handled in a row before the driver looks at its other inputs.
 const DATAGRAM_BATCH: usize = 64;
