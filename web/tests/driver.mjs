@@ -13,7 +13,8 @@
  *             signaling socket; A opens a channel to B, each sends the other one message.
  *   mesh      open a channel to the node, then send one message to --to across the mesh.
  *   bench     --runs times (default 3): open, upload and download of --bytes (default
- *             32 MiB); medians.
+ *             32 MiB), and the same bytes between two RTCPeerConnections of one page (the
+ *             baseline); medians and ratios to the baseline.
  *
  * The page is the node's `/demo?test=1` (which then starts nothing by itself); everything
  * runs through the client's public API and its `diagnostics`. Meant to run in a network
@@ -361,19 +362,80 @@ async function benchScenario(launch, { bytes, runs }) {
   const openMs = [];
   const uploadRates = [];
   const downloadRates = [];
+  const baselineRates = [];
   for (let run = 0; run < runs; run += 1) {
     openMs.push(await browser.openToNode(`driver-bench-${run}`));
     uploadRates.push((await transfer(browser, 'upload', bytes)).mb_per_s);
     downloadRates.push((await transfer(browser, 'download', bytes)).mb_per_s);
     await browser.run('closing the client', CLOSE_TIMEOUT_MS, () => window.meshcoreTest.client.close());
+    baselineRates.push(
+      round(await browser.run('the Chromium-to-Chromium baseline', transferTimeoutMs(bytes), chromiumToChromium, bytes)),
+    );
   }
+  const baseline = median(baselineRates);
   return {
     runs,
     bytes,
     open_ms: { median: round(median(openMs)), all: openMs.map(round) },
     upload_mb_per_s: { median: round(median(uploadRates)), all: uploadRates },
     download_mb_per_s: { median: round(median(downloadRates)), all: downloadRates },
+    baseline_mb_per_s: { median: round(baseline), all: baselineRates },
+    upload_vs_baseline: round(median(uploadRates) / baseline),
+    download_vs_baseline: round(median(downloadRates) / baseline),
   };
+}
+
+/**
+ * The baseline of the bench, run in the page: two `RTCPeerConnection`s of the same page
+ * (Chromium's own SCTP at both ends, over loopback) move `total` bytes in 16 KiB messages
+ * with the same back-pressure as the client (`bufferedAmount` under 8 MiB). Returns MB/s.
+ * @param {number} total
+ * @returns {Promise<number>}
+ */
+async function chromiumToChromium(total) {
+  const sender = new RTCPeerConnection();
+  const receiver = new RTCPeerConnection();
+  sender.onicecandidate = (event) => event.candidate && receiver.addIceCandidate(event.candidate);
+  receiver.onicecandidate = (event) => event.candidate && sender.addIceCandidate(event.candidate);
+  const channel = sender.createDataChannel('baseline', { ordered: true });
+  channel.binaryType = 'arraybuffer';
+  const finished = new Promise((resolve) => {
+    receiver.ondatachannel = (event) => {
+      let received = 0;
+      event.channel.binaryType = 'arraybuffer';
+      event.channel.onmessage = (message) => {
+        received += message.data.byteLength;
+        if (received >= total) {
+          resolve(performance.now());
+        }
+      };
+    };
+  });
+  const opened = new Promise((resolve) => {
+    channel.onopen = resolve;
+  });
+  await sender.setLocalDescription();
+  await receiver.setRemoteDescription(sender.localDescription);
+  await receiver.setLocalDescription();
+  await sender.setRemoteDescription(receiver.localDescription);
+  await opened;
+  const chunk = new Uint8Array(16_384);
+  channel.bufferedAmountLowThreshold = 1 << 20;
+  const started = performance.now();
+  for (let sent = 0; sent < total; ) {
+    if (channel.bufferedAmount > 8 << 20) {
+      await new Promise((resolve) => {
+        channel.onbufferedamountlow = resolve;
+      });
+    }
+    const length = Math.min(chunk.length, total - sent);
+    channel.send(length === chunk.length ? chunk : chunk.subarray(0, length));
+    sent += length;
+  }
+  const ended = await finished;
+  sender.close();
+  receiver.close();
+  return total / 1e6 / ((ended - started) / 1000);
 }
 
 /**
