@@ -9,7 +9,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use meshcore_net::routing::{Delivery, RouteError, RouteInfo, Routing};
+use meshcore_net::ledger::TokensInfo;
+use meshcore_net::routing::{Delivery, RelayStats, RouteError, RouteInfo, Routing};
 use meshcore_net::webrtc::BrowserSendError;
 use meshcore_net::{ConnectError, ConnectionInfo};
 use meshcore_node::settings::SettingsPatch;
@@ -54,6 +55,8 @@ pub(crate) fn router(node: Node) -> Router {
         .route("/dht/get", get(dht_get))
         .route("/route/find", post(route_find))
         .route("/routes", get(routes))
+        .route("/relay/stats", get(relay_stats))
+        .route("/tokens", get(tokens))
         .route("/messages", post(send_message).get(messages))
         .route("/events", get(events))
         .route("/services", post(register_service))
@@ -545,6 +548,29 @@ pub(crate) async fn route_find(
     ))]
 pub(crate) async fn routes(State(node): State<Node>) -> Result<Json<Vec<RouteInfo>>, ApiError> {
     Ok(Json(routing_of(&node)?.routes().await?))
+}
+
+/// The relay: whether this node relays, its budget (`relay_bandwidth`) and how it is shared
+/// now, what it forwarded, refused and dropped (by reason), and its flows.
+#[utoipa::path(get, path = "/v1/relay/stats", tag = "relay",
+    responses(
+        (status = 200, description = "The relay's state and counters", body = RelayStats),
+        (status = 503, description = "Routing is off or stopping", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn relay_stats(State(node): State<Node>) -> Result<Json<RelayStats>, ApiError> {
+    Ok(Json(routing_of(&node)?.relay_stats().await?))
+}
+
+/// The node's tokens: balance, earned and spent, and per neighbour the credit (owed to this
+/// node), the debt (owed by it) and the latest signed IOUs each way. Amounts are
+/// milli-tokens (1 token = 1000).
+#[utoipa::path(get, path = "/v1/tokens", tag = "relay",
+    responses(
+        (status = 200, description = "The ledger", body = TokensInfo),
+        (status = 503, description = "Routing is off or stopping", body = crate::ErrorBody),
+    ))]
+pub(crate) async fn tokens(State(node): State<Node>) -> Result<Json<TokensInfo>, ApiError> {
+    Ok(Json(routing_of(&node)?.tokens().await?))
 }
 
 /// Body of `POST /messages`.

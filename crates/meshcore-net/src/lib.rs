@@ -21,6 +21,8 @@
 //!   QUIC link task (handshake, framing, ping, measurement).
 //! - [`network`]: the actor and its [`Network`](network::Network) handle.
 //! - [`lan`]: mDNS discovery on the local network.
+//! - [`ledger`]: the relay ledger's persistence (`meshcore_bandwidth_tokens`, the latest
+//!   IOUs) and its API view; the routing driver keeps the ledger itself.
 //! - [`persist`]: the batching writer of known nodes.
 //! - [`routing`]: the routing driver (the mesh router over the links' data frames:
 //!   forwarding, delivery, acknowledgements, the route table in `meshcore_routes`).
@@ -32,6 +34,7 @@ pub mod clock;
 pub mod dht;
 pub mod endpoint;
 pub mod lan;
+pub mod ledger;
 pub mod link;
 pub mod network;
 pub mod persist;

@@ -12,6 +12,12 @@
 //! 0x02  0x02 ‖ PacketHeader ‖ payload         a routed data packet
 //! 0x03  0x03 ‖ PacketHeader ‖ payload         a delivery acknowledgement, routed back to the
 //!                                              data packet's source like data
+//! 0x04  0x04 ‖ RelayNotice (99 bytes)         a relay refused a flow: to the neighbour the
+//!                                              packet came from, passed on towards its source
+//! 0x05  0x05 ‖ Iou (160 bytes)                a signed cumulative IOU, to the payee neighbour
+//! 0x06  0x06 ‖ Statement (49 bytes)           this node's price for a destination and the
+//!                                              bytes it carried there for the neighbour it
+//!                                              took them from, to that neighbour
 //! ```
 //!
 //! A relay reads only the [`PacketHeader`] of a data or acknowledgement packet, decrements
@@ -42,6 +48,42 @@
 //! A source sends with hop limit `max_hops − 1`: each relay needs one to pass the packet on,
 //! so a packet crosses at most `max_hops` links.
 //!
+//! # Relaying
+//!
+//! Every packet this node would pass on for another node first goes through the
+//! [`RelayLimiter`] (flow = previous hop and source; budget `relay_bandwidth` bytes per
+//! second of whole frames, shared max-min fairly; see [`meshcore_proto::relay`]). Packets
+//! beyond a flow's share or the budget are dropped and counted (`relay_dropped_over_share`,
+//! `relay_dropped_over_cap`). A packet whose *flow* is refused — relaying off
+//! (`relay_enabled` false or `relay_bandwidth` 0), or a saturated relay that takes no new
+//! flow — is counted (`relay_refused_disabled`, `relay_refused_saturated`), answered with a
+//! route error to the neighbour it came from ([`Router::handle_refused`]), so that routes
+//! move elsewhere, and with a [`RelayNotice`] stating the reason, which travels hop by hop
+//! to the packet's source (at most 10 notices per second); there it is counted
+//! (`relay_notices_received`), logged and published as [`MeshEvent::RelayRefused`]. While
+//! relaying is off or the budget takes no new flow, the router does not relay route
+//! requests or replies nor announce routes ([`Router::set_relaying`]), so new routes form
+//! around this node. Changes of `relay_enabled` and `relay_bandwidth` apply at once
+//! ([`Routing::set_relay`]). This node's own packets and packets for it are never limited.
+//!
+//! Datagrams ([`Routing::send_datagram`], flow [`DATAGRAM_FLOW`]) are sealed like messages
+//! but sent once and not acknowledged; the destination delivers them like messages.
+//!
+//! # The ledger
+//!
+//! The driver keeps the node's relay ledger ([`Bookkeeper`], see
+//! [`meshcore_proto::ledger`]): every data or acknowledgement frame this node hands to a
+//! next hop is booked with the frame's length — one it relayed with the neighbour it came
+//! from as upstream, one it originated with none. A relay charges its upstream its quote
+//! (next hop's price plus its own fee) for what it forwarded and says so in statements
+//! (`0x06`, every 250 ms while it carries traffic); an upstream owes its next hop only what
+//! the next hop's statements confirm, at their price, capped at what it handed over, so
+//! packets a relay refused or dropped are never paid for. IOUs (`0x05`) go to payees when
+//! the ledger says so, and arrive checked ([`Ledger::accept_iou`]). A neighbour cut off for debt
+//! ([`Standing::CutOff`]) has its packets refused (`unpaid`) like a refused flow.
+//! Acknowledgements raise the reputation of the next hop that carried the message; messages
+//! whose caller gave up lower it. The ledger is persisted by [`crate::ledger`].
+//!
 //! # The driver
 //!
 //! One task owns the [`Router`], the current [`LinkHandle`] per neighbour and the waiters of
@@ -65,6 +107,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use meshcore_proto::e2e::{self, Receiver, ReceiverConfig, Session};
 use meshcore_proto::identity::NODE_ID_LEN;
+use meshcore_proto::ledger::{
+    Bookkeeper, Iou, Ledger, LedgerConfig, LedgerMessage, Standing, Statement,
+};
+use meshcore_proto::relay::{FlowKey, RelayConfig, RelayLimiter, RelayNotice, RelayRefusal};
 use meshcore_proto::route::{
     self, FindRouteError, LinkQuality, PacketHeader, Route, RouteConfigError, RouteEvent,
     RouteLookup, Router, RouterConfig, HEADER_LEN, MAX_PATH_LEN,
@@ -76,6 +122,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::{now, sleep_until, unix_millis};
+use crate::ledger::{LedgerTerms, TokensInfo, LEDGER_PERSIST_INTERVAL};
 use crate::link::{LinkHandle, ReceivedFrame, SendError, MAX_DATA_FRAME};
 
 /// First byte of a route control frame.
@@ -84,6 +131,12 @@ pub const TAG_ROUTE: u8 = 0x01;
 pub const TAG_DATA: u8 = 0x02;
 /// First byte of a routed delivery acknowledgement.
 pub const TAG_ACK: u8 = 0x03;
+/// First byte of a relay's refusal notice.
+pub const TAG_NOTICE: u8 = 0x04;
+/// First byte of a signed cumulative IOU.
+pub const TAG_IOU: u8 = 0x05;
+/// First byte of a ledger statement (price and carried bytes).
+pub const TAG_STATEMENT: u8 = 0x06;
 
 /// Largest message a data packet carries: what end-to-end sealing accepts, within a data
 /// frame less the tag, the header, the initial-hop-limit byte and the sealing overhead.
@@ -101,6 +154,9 @@ pub const MAX_SEND_SESSIONS: usize = 1024;
 
 /// Flow id of messages sent with [`Routing::send`].
 pub const MESSAGE_FLOW: u32 = 1;
+
+/// Flow id of datagrams sent with [`Routing::send_datagram`]: never acknowledged.
+pub const DATAGRAM_FLOW: u32 = 2;
 
 /// Commands waiting for the driver.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -133,6 +189,27 @@ pub struct RoutingOptions {
     pub route_timeout: Duration,
     /// Seed of the router's random choices.
     pub rng_seed: u64,
+    /// Setting `relay_enabled`.
+    pub relay_enabled: bool,
+    /// Setting `relay_bandwidth`, bytes per second (0: relaying off).
+    pub relay_bandwidth: u64,
+    /// Settings `tokens_per_mb`, `payment_threshold`, `new_neighbour_threshold`.
+    pub ledger: LedgerTerms,
+}
+
+impl RoutingOptions {
+    /// The given hop limit and route lifetime, relaying on with the default budget
+    /// (5 MiB/s).
+    pub fn new(max_hops: u32, route_timeout: Duration, rng_seed: u64) -> Self {
+        Self {
+            max_hops,
+            route_timeout,
+            rng_seed,
+            relay_enabled: true,
+            relay_bandwidth: RelayConfig::default().bandwidth,
+            ledger: LedgerTerms::default(),
+        }
+    }
 }
 
 /// A selected route, as `POST route/find` and `GET routes` show it.
@@ -251,6 +328,15 @@ pub enum MeshEvent {
         /// Its destination.
         destination: String,
     },
+    /// A relay refused to carry this node's packets to a destination (its notice arrived).
+    RelayRefused {
+        /// The refusing relay.
+        relay: String,
+        /// The destination of the refused flow.
+        destination: String,
+        /// Why: `relaying_disabled`, `relay_saturated`, `too_many_flows` or `unpaid`.
+        reason: String,
+    },
     /// The subscriber fell behind and missed events.
     Lagged {
         /// How many.
@@ -323,6 +409,78 @@ pub struct RoutingStats {
     /// Messages received again (their acknowledgement was lost): acknowledged, not
     /// delivered twice.
     pub duplicates_suppressed: u64,
+    /// Bytes (whole frames) passed on for other nodes, within `relay_bandwidth`.
+    pub bytes_forwarded: u64,
+    /// Packets for other nodes refused because this node does not relay.
+    pub relay_refused_disabled: u64,
+    /// Packets of new flows refused because the relay budget is saturated or its flow
+    /// table is full.
+    pub relay_refused_saturated: u64,
+    /// Packets of admitted flows dropped for exceeding their fair share of the budget.
+    pub relay_dropped_over_share: u64,
+    /// Packets dropped because the relay budget (`relay_bandwidth`) was used up.
+    pub relay_dropped_over_cap: u64,
+    /// Packets refused because the neighbour they came from is cut off for debt.
+    pub relay_refused_unpaid: u64,
+    /// Refusal notices this node sent or passed on.
+    pub relay_notices_sent: u64,
+    /// Refusal notices about this node's own packets that reached it.
+    pub relay_notices_received: u64,
+}
+
+/// The relay's state, as `GET relay/stats` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RelayStats {
+    /// Whether this node relays (`relay_enabled` and `relay_bandwidth` above 0).
+    pub relaying: bool,
+    /// The budget, bytes per second (`relay_bandwidth`).
+    pub relay_bandwidth: u64,
+    /// Whether a new flow would be admitted now.
+    pub accepting_new_flows: bool,
+    /// Whether the flows' estimated demand reached the budget.
+    pub saturated: bool,
+    /// The fair share of each previous hop now, bytes per second (the whole budget when
+    /// nobody is limited).
+    pub fair_share: u64,
+    /// Packets passed on for other nodes.
+    pub packets_forwarded: u64,
+    /// Bytes (whole frames) passed on for other nodes.
+    pub bytes_forwarded: u64,
+    /// Bytes of packets refused or dropped.
+    pub bytes_refused: u64,
+    /// Packets refused: relaying off.
+    pub refused_disabled: u64,
+    /// Packets of new flows refused: saturated.
+    pub refused_saturated: u64,
+    /// Packets of new flows refused: flow table full.
+    pub refused_too_many_flows: u64,
+    /// Packets refused: the previous hop owes too much.
+    pub refused_unpaid: u64,
+    /// Packets dropped: over their flow's fair share.
+    pub dropped_over_share: u64,
+    /// Packets dropped: over the budget.
+    pub dropped_over_cap: u64,
+    /// Flows admitted since start.
+    pub flows_started: u64,
+    /// The flows now, by previous hop and source.
+    pub flows: Vec<RelayFlowInfo>,
+}
+
+/// One flow through this relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RelayFlowInfo {
+    /// The neighbour its packets come from.
+    pub previous_hop: String,
+    /// The source its packets name (hex; not validated by a relay).
+    pub source: String,
+    /// Its estimated offered rate, bytes per second.
+    pub demand: u64,
+    /// Its fair share now, bytes per second.
+    pub share: u64,
+    /// Bytes forwarded.
+    pub bytes_forwarded: u64,
+    /// Bytes dropped.
+    pub bytes_dropped: u64,
 }
 
 enum Command {
@@ -333,9 +491,21 @@ enum Command {
         payload: Bytes,
         reply: oneshot::Sender<Result<Delivery, RouteError>>,
     },
+    Datagram {
+        destination: NodeId,
+        payload: Bytes,
+        reply: oneshot::Sender<Result<(), RouteError>>,
+    },
     Received(oneshot::Sender<Vec<ReceivedMessage>>),
     Local(ReceivedMessage),
     Stats(oneshot::Sender<RoutingStats>),
+    SetRelay {
+        enabled: bool,
+        bandwidth: u64,
+    },
+    RelayStats(oneshot::Sender<RelayStats>),
+    Tokens(oneshot::Sender<TokensInfo>),
+    SetLedgerTerms(LedgerTerms),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -389,6 +559,13 @@ impl Routing {
         if config.advert_refresh >= config.route_timeout {
             config.advert_refresh = config.route_timeout / 2;
         }
+        let mut relay_config = RelayConfig::new(options.relay_bandwidth);
+        relay_config.enabled = options.relay_enabled;
+        let relay = RelayLimiter::new(relay_config, now()).map_err(|error| RouteConfigError {
+            field: error.field,
+            reason: error.reason,
+        })?;
+        config.relay = relay.accepts_new_flows();
         let router = Router::new(
             config,
             NodeKeypair::from_signing_key(keys.signing_key().clone()),
@@ -398,6 +575,20 @@ impl Routing {
         let (links_tx, links_rx) = mpsc::channel(LINK_QUEUE);
         let (received, _) = broadcast::channel(RECEIVED_KEPT);
         let (events, _) = broadcast::channel(RECEIVED_KEPT);
+        let mut ledger_config = LedgerConfig::new();
+        ledger_config.epoch = now().as_millis();
+        let (payment_threshold, new_neighbour_threshold) = options.ledger.thresholds_milli();
+        ledger_config.tokens_per_mb = options.ledger.tokens_per_mb;
+        ledger_config.payment_threshold = payment_threshold;
+        ledger_config.new_neighbour_threshold = new_neighbour_threshold.min(payment_threshold);
+        let book = Bookkeeper::new(Ledger::new(
+            NodeKeypair::from_signing_key(keys.signing_key().clone()),
+            ledger_config,
+            now(),
+        ));
+        let (ledger_tx, ledger_rx) = mpsc::channel(1);
+        let ledger_task = tokio::spawn(crate::ledger::writer(store.clone(), ledger_rx));
+        let ledger_store = store.clone();
         let (persist_tx, persist_rx) = mpsc::channel(1);
         let persist_task = tokio::spawn(persist(store, persist_rx));
         let driver = Driver {
@@ -406,6 +597,11 @@ impl Routing {
             sessions: HashMap::new(),
             opener: Receiver::new(keys, ReceiverConfig::new()),
             router,
+            relay,
+            book,
+            ledger_dirty: false,
+            ledger_persist: ledger_tx,
+            ledger_task,
             hop_limit: max_hops.saturating_sub(1),
             links: BTreeMap::new(),
             find_waiters: HashMap::new(),
@@ -422,7 +618,7 @@ impl Routing {
             persist: persist_tx,
             persist_task,
         };
-        tokio::spawn(driver.run(commands_rx, links_rx, frames));
+        tokio::spawn(driver.run(ledger_store, commands_rx, links_rx, frames));
         Ok(Self {
             local,
             commands: commands_tx,
@@ -530,6 +726,72 @@ impl Routing {
             Ok(Err(_)) => Err(RouteError::ShuttingDown),
             Err(_) => Err(RouteError::Timeout(timeout)),
         }
+    }
+
+    /// Sends `payload` to `destination` once, sealed end to end like a message, without
+    /// waiting for (or asking for) an acknowledgement. Needs a known route: without one it
+    /// starts a discovery and fails with [`RouteError::Unreachable`]; a full link queue is
+    /// [`RouteError::Busy`]. `Ok` means the packet was queued on the link to the next hop.
+    pub async fn send_datagram(
+        &self,
+        destination: NodeId,
+        payload: Bytes,
+    ) -> Result<(), RouteError> {
+        if destination == self.local {
+            return Err(RouteError::ToSelf);
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RouteError::PayloadTooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD,
+            });
+        }
+        self.ask(|reply| Command::Datagram {
+            destination,
+            payload,
+            reply,
+        })
+        .await?
+        .await
+        .map_err(|_| RouteError::ShuttingDown)?
+    }
+
+    /// Changes whether this node relays and its relay budget (settings `relay_enabled`,
+    /// `relay_bandwidth`), at once. Never waits; a full command queue drops the change with
+    /// a warning.
+    pub fn set_relay(&self, enabled: bool, bandwidth: u64) {
+        if let Err(error) = self
+            .commands
+            .try_send(Command::SetRelay { enabled, bandwidth })
+        {
+            tracing::warn!(%error, "the routing driver is behind; a relay setting change was dropped");
+        }
+    }
+
+    /// The node's tokens: balance, what each neighbour paid and was paid, credit and debt,
+    /// the latest IOUs.
+    pub async fn tokens(&self) -> Result<TokensInfo, RouteError> {
+        self.ask(Command::Tokens)
+            .await?
+            .await
+            .map_err(|_| RouteError::ShuttingDown)
+    }
+
+    /// Changes the ledger's terms (settings `tokens_per_mb`, `payment_threshold`,
+    /// `new_neighbour_threshold`), at once. Never waits; a full command queue drops the
+    /// change with a warning.
+    pub fn set_ledger_terms(&self, terms: LedgerTerms) {
+        if let Err(error) = self.commands.try_send(Command::SetLedgerTerms(terms)) {
+            tracing::warn!(%error, "the routing driver is behind; a ledger setting change was dropped");
+        }
+    }
+
+    /// The relay's budget, shares and flows.
+    pub async fn relay_stats(&self) -> Result<RelayStats, RouteError> {
+        self.ask(Command::RelayStats)
+            .await?
+            .await
+            .map_err(|_| RouteError::ShuttingDown)
     }
 
     /// The last [`RECEIVED_KEPT`] messages delivered to this node, oldest first.
@@ -693,6 +955,14 @@ struct Driver {
     /// Opens what others sealed for this node (and keeps their replay windows).
     opener: Receiver,
     router: Router,
+    /// The relay budget and its flows.
+    relay: RelayLimiter,
+    /// The relay ledger and its neighbour conversation.
+    book: Bookkeeper,
+    /// The ledger changed since it was last handed to its writer.
+    ledger_dirty: bool,
+    ledger_persist: mpsc::Sender<meshcore_store::LedgerRows>,
+    ledger_task: tokio::task::JoinHandle<()>,
     /// The hop limit packets from this node start with.
     hop_limit: u8,
     links: BTreeMap<NodeId, LinkHandle>,
@@ -716,6 +986,7 @@ struct Driver {
 impl Driver {
     async fn run(
         mut self,
+        ledger_store: Store,
         mut commands: mpsc::Receiver<Command>,
         mut links: mpsc::Receiver<LinkChange>,
         mut frames: mpsc::Receiver<ReceivedFrame>,
@@ -726,6 +997,10 @@ impl Driver {
         retransmit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut persist_tick = tokio::time::interval(PERSIST_INTERVAL);
         persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ledger_tick = tokio::time::interval(LEDGER_PERSIST_INTERVAL);
+        ledger_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.restore_ledger(&ledger_store).await;
+        drop(ledger_store);
         let done = loop {
             let wake = self
                 .router
@@ -755,19 +1030,31 @@ impl Driver {
                     }
                 }
                 _ = persist_tick.tick() => self.persist_routes(),
-                _ = retransmit_tick.tick() => self.retransmit(),
+                _ = ledger_tick.tick() => self.persist_ledger(false).await,
+                _ = retransmit_tick.tick() => {
+                    self.retransmit();
+                    self.relay.handle_timeout(now());
+                    self.sync_relaying();
+                    self.book.handle_timeout(now());
+                }
             }
             self.flush();
+            self.flush_ledger();
         };
         self.persisted = None;
         self.persist_routes();
+        self.persist_ledger(true).await;
         let Self {
             persist,
             persist_task,
+            ledger_persist,
+            ledger_task,
             ..
         } = self;
         drop(persist);
+        drop(ledger_persist);
         let _ = persist_task.await;
+        let _ = ledger_task.await;
         if let Some(done) = done {
             let _ = done.send(());
         }
@@ -808,12 +1095,58 @@ impl Driver {
                 payload,
                 reply,
             } => self.send_message(destination, payload, reply),
+            Command::Datagram {
+                destination,
+                payload,
+                reply,
+            } => {
+                let _ = reply.send(self.send_datagram(destination, &payload));
+            }
             Command::Received(reply) => {
                 let _ = reply.send(self.received.iter().cloned().collect());
             }
             Command::Local(message) => self.record(message),
             Command::Stats(reply) => {
-                let _ = reply.send(self.stats);
+                let relay = self.relay.counters();
+                let _ = reply.send(RoutingStats {
+                    relay_refused_disabled: relay.refused_disabled,
+                    relay_refused_saturated: relay.refused_saturated + relay.refused_too_many_flows,
+                    relay_dropped_over_share: relay.dropped_over_share,
+                    relay_dropped_over_cap: relay.dropped_over_cap,
+                    relay_refused_unpaid: relay.refused_unpaid,
+                    ..self.stats
+                });
+            }
+            Command::SetRelay { enabled, bandwidth } => {
+                self.relay.set_limits(at, enabled, bandwidth);
+                self.sync_relaying();
+                tracing::info!(
+                    relay_enabled = enabled,
+                    relay_bandwidth = bandwidth,
+                    relaying = self.relay.is_relaying(),
+                    "relay settings applied"
+                );
+            }
+            Command::RelayStats(reply) => {
+                let _ = reply.send(self.relay_stats());
+            }
+            Command::Tokens(reply) => {
+                let info = crate::ledger::tokens_info(&self.book, at);
+                let _ = reply.send(info);
+            }
+            Command::SetLedgerTerms(terms) => {
+                let (payment_threshold, new_neighbour_threshold) = terms.thresholds_milli();
+                self.book.ledger_mut().set_terms(
+                    terms.tokens_per_mb,
+                    payment_threshold,
+                    new_neighbour_threshold,
+                );
+                tracing::info!(
+                    tokens_per_mb = terms.tokens_per_mb,
+                    payment_threshold = terms.payment_threshold,
+                    new_neighbour_threshold = terms.new_neighbour_threshold,
+                    "ledger terms applied"
+                );
             }
             Command::Shutdown(_) => {}
         }
@@ -825,8 +1158,7 @@ impl Driver {
         payload: Bytes,
         reply: oneshot::Sender<Result<Delivery, RouteError>>,
     ) {
-        self.pending_acks
-            .retain(|_, pending| !pending.reply.is_closed());
+        self.forget_abandoned();
         if self.pending_acks.len() >= MAX_PENDING_ACKS {
             let _ = reply.send(Err(RouteError::Busy(
                 "too many messages waiting for acknowledgement".to_owned(),
@@ -856,7 +1188,7 @@ impl Driver {
             }
         };
         let frame = frame_of(TAG_DATA, &header, &body);
-        match self.send_frame(next_hop, frame) {
+        match self.send_own(next_hop, destination, frame) {
             Ok(()) => {
                 let now = tokio::time::Instant::now();
                 self.pending_acks.insert(
@@ -878,12 +1210,328 @@ impl Driver {
         }
     }
 
+    /// Seals and sends one datagram on the known route to `destination`.
+    fn send_datagram(&mut self, destination: NodeId, payload: &[u8]) -> Result<(), RouteError> {
+        let Some(next_hop) = self.router.next_hop(&destination) else {
+            return match self.router.find_route(now(), destination) {
+                Err(FindRouteError::ToSelf) => Err(RouteError::ToSelf),
+                _ => Err(RouteError::Unreachable(
+                    "no route yet (a discovery started); datagrams need a known route".to_owned(),
+                )),
+            };
+        };
+        let sequence = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        let header = PacketHeader {
+            hop_limit: self.hop_limit,
+            flow_id: DATAGRAM_FLOW,
+            sequence,
+            source: self.local,
+            destination,
+        };
+        let body = self.seal(&header, self.hop_limit, payload)?;
+        match self.send_own(next_hop, destination, frame_of(TAG_DATA, &header, &body)) {
+            Ok(()) => Ok(()),
+            Err(SendError::Full) => Err(RouteError::Busy(
+                "the link to the next hop is full".to_owned(),
+            )),
+            Err(error) => Err(RouteError::Unreachable(format!(
+                "the link to the next hop refused the packet: {error}"
+            ))),
+        }
+    }
+
+    /// Tells the router whether to offer this node for new routes: only while the relay
+    /// budget takes new flows.
+    fn sync_relaying(&mut self) {
+        let relaying = self.relay.accepts_new_flows();
+        if relaying != self.router.is_relaying() {
+            tracing::info!(
+                relaying,
+                saturated = self.relay.is_saturated(),
+                "routing: {} offering this node as a relay for new routes",
+                if relaying { "now" } else { "no longer" }
+            );
+            self.router.set_relaying(relaying);
+        }
+    }
+
+    fn relay_stats(&self) -> RelayStats {
+        let counters = self.relay.counters();
+        RelayStats {
+            relaying: self.relay.is_relaying(),
+            relay_bandwidth: self.relay.config().bandwidth,
+            accepting_new_flows: self.relay.accepts_new_flows(),
+            saturated: self.relay.is_saturated(),
+            fair_share: self.relay.fair_share(),
+            packets_forwarded: counters.forwarded_packets,
+            bytes_forwarded: counters.forwarded_bytes,
+            bytes_refused: counters.refused_bytes,
+            refused_disabled: counters.refused_disabled,
+            refused_saturated: counters.refused_saturated,
+            refused_too_many_flows: counters.refused_too_many_flows,
+            refused_unpaid: counters.refused_unpaid,
+            dropped_over_share: counters.dropped_over_share,
+            dropped_over_cap: counters.dropped_over_cap,
+            flows_started: counters.flows_started,
+            flows: self
+                .relay
+                .flows()
+                .map(|flow| RelayFlowInfo {
+                    previous_hop: flow.key.previous_hop.to_hex(),
+                    source: hex::encode(flow.key.source),
+                    demand: flow.demand,
+                    share: flow.share,
+                    bytes_forwarded: flow.forwarded_bytes,
+                    bytes_dropped: flow.dropped_bytes,
+                })
+                .collect(),
+        }
+    }
+
+    /// Passes a packet from `previous_hop` on to `to` if the relay budget admits it.
+    fn relay_packet(&mut self, previous_hop: NodeId, received: &Bytes, to: NodeId, out: Bytes) {
+        let at = now();
+        let Ok(source) = PacketHeader::peek_source(&received[1..]) else {
+            self.stats.frames_malformed += 1;
+            return;
+        };
+        let key = FlowKey {
+            previous_hop,
+            source: *source,
+        };
+        let len = out.len() as u64;
+        if self.book.standing(at, &previous_hop) == Standing::CutOff {
+            let reason = self.relay.refuse(RelayRefusal::Unpaid, len);
+            self.refuse_relay(at, previous_hop, received, reason);
+            return;
+        }
+        match self.relay.admit(at, key, len) {
+            Ok(()) => {
+                let destination = PacketHeader::peek_destination(&received[1..])
+                    .ok()
+                    .and_then(|raw| self.router.known_destination(raw));
+                if self.send_frame(to, out).is_ok() {
+                    self.stats.packets_forwarded += 1;
+                    self.stats.bytes_forwarded += len;
+                    if let Some(destination) = destination {
+                        self.book
+                            .forwarded(at, Some(previous_hop), to, destination, len);
+                    }
+                } else {
+                    self.stats.dropped_link += 1;
+                }
+            }
+            Err(reason) => self.refuse_relay(at, previous_hop, received, reason),
+        }
+        self.sync_relaying();
+    }
+
+    /// Sends a frame this node originated (data or acknowledgement) for `destination` to
+    /// the next hop `to`, and books it in the ledger.
+    fn send_own(&mut self, to: NodeId, destination: NodeId, frame: Bytes) -> Result<(), SendError> {
+        let len = frame.len() as u64;
+        self.send_frame(to, frame)?;
+        self.book.forwarded(now(), None, to, destination, len);
+        Ok(())
+    }
+
+    /// Forgets messages whose caller gave up; each counts against the reputation of the
+    /// next hop towards its destination.
+    fn forget_abandoned(&mut self) {
+        let abandoned: Vec<u64> = self
+            .pending_acks
+            .iter()
+            .filter(|(_, pending)| pending.reply.is_closed())
+            .map(|(sequence, _)| *sequence)
+            .collect();
+        let at = now();
+        for sequence in abandoned {
+            if let Some(pending) = self.pending_acks.remove(&sequence) {
+                if let Some(next_hop) = self.router.next_hop(&pending.destination) {
+                    self.book.delivery(at, next_hop, false);
+                }
+            }
+        }
+    }
+
+    /// Sends the ledger's quotes and IOUs.
+    fn flush_ledger(&mut self) {
+        while let Some((to, message)) = self.book.poll_transmit() {
+            let frame = match message {
+                LedgerMessage::Statement(statement) => {
+                    let mut frame = vec![TAG_STATEMENT];
+                    frame.extend_from_slice(&statement.encode());
+                    frame
+                }
+                LedgerMessage::Iou(iou) => {
+                    tracing::debug!(payee = %to, seq = iou.seq, amount = iou.cumulative_amount, "ledger: IOU sent");
+                    let mut frame = vec![TAG_IOU];
+                    frame.extend_from_slice(&iou.encode());
+                    frame
+                }
+            };
+            if self.send_frame(to, Bytes::from(frame)).is_err() {
+                self.stats.control_dropped += 1;
+            }
+        }
+        self.ledger_dirty |= self.book.take_changed();
+    }
+
+    /// Hands the ledger to its writer if it changed (and, when `last`, waits for room: the
+    /// final write at shutdown).
+    async fn persist_ledger(&mut self, last: bool) {
+        self.ledger_dirty |= self.book.take_changed();
+        if !self.ledger_dirty {
+            return;
+        }
+        let rows = crate::ledger::rows_of(self.book.ledger(), now());
+        let sent = if last {
+            self.ledger_persist.send(rows).await.is_ok()
+        } else {
+            self.ledger_persist.try_send(rows).is_ok()
+        };
+        if sent {
+            self.ledger_dirty = false;
+        }
+    }
+
+    /// Resumes the ledger stored in `store`, in a new epoch after the stored one. A ledger
+    /// that cannot be restored is logged and left in the store; this node starts afresh.
+    async fn restore_ledger(&mut self, store: &Store) {
+        let rows = match store.load_ledger().await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "could not load the ledger; starting a fresh one");
+                return;
+            }
+        };
+        let mut config = self.book.ledger().config().clone();
+        if let Some(state) = rows.state {
+            let stored = u64::try_from(state.epoch).unwrap_or(0);
+            config.epoch = config.epoch.max(stored.saturating_add(1));
+        }
+        let keys = NodeKeypair::from_signing_key(self.keys.signing_key().clone());
+        let restored = match crate::ledger::snapshot_of(&rows) {
+            Ok(None) => Ok(Ledger::new(keys, config.clone(), now())),
+            Ok(Some((snapshot, _))) => {
+                Ledger::restore(keys, config.clone(), snapshot).map_err(|error| error.to_string())
+            }
+            Err(error) => Err(error),
+        };
+        match restored {
+            Ok(ledger) => {
+                tracing::info!(
+                    accounts = ledger.accounts().count(),
+                    epoch = ledger.config().epoch,
+                    "ledger restored"
+                );
+                self.book = Bookkeeper::new(ledger);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the stored ledger cannot be restored; starting a fresh one (the stored rows are overwritten as accounts change)");
+                let keys = NodeKeypair::from_signing_key(self.keys.signing_key().clone());
+                self.book = Bookkeeper::new(Ledger::new(keys, config, now()));
+            }
+        }
+    }
+
+    /// A packet from `previous_hop` was not relayed for `reason`. A refused flow is
+    /// answered with a route error (routes move elsewhere) and, within the notice rate, a
+    /// notice to its source; a dropped packet only counts.
+    fn refuse_relay(
+        &mut self,
+        at: meshcore_proto::route::Timestamp,
+        previous_hop: NodeId,
+        received: &Bytes,
+        reason: RelayRefusal,
+    ) {
+        tracing::trace!(peer = %previous_hop, %reason, "a packet was not relayed");
+        if !reason.is_flow_refusal() {
+            return;
+        }
+        let packet = &received[1..];
+        let (Ok(source), Ok(destination)) = (
+            PacketHeader::peek_source(packet),
+            PacketHeader::peek_destination(packet),
+        ) else {
+            return;
+        };
+        self.router.handle_refused(at, previous_hop, destination);
+        let ids = (
+            NodeId::from_bytes(*source),
+            NodeId::from_bytes(*destination),
+        );
+        if let (Ok(source), Ok(destination)) = ids {
+            if self.relay.take_notice(at) {
+                tracing::debug!(peer = %previous_hop, %source, %destination, %reason, "refused a flow; telling its source");
+                let notice = RelayNotice {
+                    reason,
+                    hop_limit: self.hop_limit,
+                    relay: self.local,
+                    source,
+                    destination,
+                };
+                self.send_notice(previous_hop, &notice);
+            }
+        }
+    }
+
+    fn send_notice(&mut self, to: NodeId, notice: &RelayNotice) {
+        let mut frame = Vec::with_capacity(1 + meshcore_proto::relay::NOTICE_LEN);
+        frame.push(TAG_NOTICE);
+        frame.extend_from_slice(&notice.encode());
+        if self.send_frame(to, Bytes::from(frame)).is_ok() {
+            self.stats.relay_notices_sent += 1;
+        } else {
+            self.stats.control_dropped += 1;
+        }
+    }
+
+    /// A refusal notice from the neighbour `from`: about this node's packets, or to be
+    /// passed on towards the source it names.
+    fn on_notice(&mut self, from: NodeId, body: &[u8]) {
+        let notice = match RelayNotice::decode(body) {
+            Ok(notice) => notice,
+            Err(error) => {
+                self.stats.frames_malformed += 1;
+                tracing::debug!(peer = %from, %error, "a relay notice did not decode");
+                return;
+            }
+        };
+        if notice.source == self.local {
+            self.stats.relay_notices_received += 1;
+            tracing::info!(
+                relay = %notice.relay,
+                destination = %notice.destination,
+                reason = %notice.reason,
+                "a relay refused to carry this node's traffic"
+            );
+            let _ = self.events.send(MeshEvent::RelayRefused {
+                relay: notice.relay.to_hex(),
+                destination: notice.destination.to_hex(),
+                reason: notice.reason.as_str().to_owned(),
+            });
+            return;
+        }
+        let Some(next) = self.router.next_hop(&notice.source) else {
+            return;
+        };
+        if notice.hop_limit == 0 || next == from || !self.relay.take_notice(now()) {
+            return;
+        }
+        let notice = RelayNotice {
+            hop_limit: notice.hop_limit - 1,
+            ..notice
+        };
+        self.send_notice(next, &notice);
+    }
+
     /// Sends again every message unacknowledged for [`RETRANSMIT_AFTER`]: over the route
     /// known now (local repair may have moved it), or, with none, starts a discovery and
     /// tries at the next tick. Forgets messages whose caller gave up.
     fn retransmit(&mut self) {
-        self.pending_acks
-            .retain(|_, pending| !pending.reply.is_closed());
+        self.forget_abandoned();
         let now = tokio::time::Instant::now();
         let due: Vec<(u64, NodeId, Bytes)> = self
             .pending_acks
@@ -910,7 +1558,7 @@ impl Driver {
                 continue;
             };
             if self
-                .send_frame(next_hop, frame_of(TAG_DATA, &header, &body))
+                .send_own(next_hop, destination, frame_of(TAG_DATA, &header, &body))
                 .is_ok()
             {
                 self.stats.retransmissions += 1;
@@ -973,6 +1621,7 @@ impl Driver {
         if result == Err(SendError::Closed) {
             self.links.remove(&to);
             self.router.link_down(now(), to);
+            self.book.link_down(&to);
         }
         result
     }
@@ -1002,6 +1651,7 @@ impl Driver {
                     tracing::debug!(%peer, "routing: neighbour down");
                     self.links.remove(&peer);
                     self.router.link_down(at, peer);
+                    self.book.link_down(&peer);
                     let _ = self.events.send(MeshEvent::LinkDown {
                         peer: peer.to_string(),
                     });
@@ -1030,11 +1680,7 @@ impl Driver {
                         payload,
                     } => self.deliver(header, tag, payload),
                     PacketAction::Forward { to, frame: out } => {
-                        if self.send_frame(to, out).is_ok() {
-                            self.stats.packets_forwarded += 1;
-                        } else {
-                            self.stats.dropped_link += 1;
-                        }
+                        self.relay_packet(frame.peer, &frame.data, to, out);
                     }
                     PacketAction::Drop(reason) => {
                         match reason {
@@ -1056,6 +1702,25 @@ impl Driver {
                     }
                 }
             }
+            Some(&TAG_NOTICE) => self.on_notice(frame.peer, &frame.data[1..]),
+            Some(&TAG_IOU) => match Iou::decode(&frame.data[1..]) {
+                Ok(iou) => {
+                    if let Err(error) = self.book.iou_received(now(), frame.peer, &iou) {
+                        tracing::debug!(peer = %frame.peer, %error, "ledger: an IOU was refused");
+                    }
+                }
+                Err(error) => {
+                    self.stats.frames_malformed += 1;
+                    tracing::debug!(peer = %frame.peer, %error, "an IOU did not decode");
+                }
+            },
+            Some(&TAG_STATEMENT) => match Statement::decode(&frame.data[1..]) {
+                Ok(statement) => self.book.statement_received(now(), frame.peer, statement),
+                Err(error) => {
+                    self.stats.frames_malformed += 1;
+                    tracing::debug!(peer = %frame.peer, %error, "a ledger statement did not decode");
+                }
+            },
             _ => {
                 self.stats.frames_malformed += 1;
                 tracing::debug!(peer = %frame.peer, "a data frame with an unknown tag");
@@ -1091,6 +1756,9 @@ impl Driver {
                 .is_some_and(|pending| pending.destination == header.source);
             if let (true, Some(pending)) = (matches, self.pending_acks.remove(&header.sequence)) {
                 self.stats.acks_received += 1;
+                if let Some(next_hop) = self.router.next_hop(&pending.destination) {
+                    self.book.delivery(now(), next_hop, true);
+                }
                 let _ = pending.reply.send(Ok(Delivery {
                     delivered: true,
                     hops: acked_hops,
@@ -1099,7 +1767,12 @@ impl Driver {
             }
             return;
         }
+        let datagram = header.flow_id == DATAGRAM_FLOW;
         let first_time = self.remember_delivery(header.source, header.sequence);
+        if !first_time && datagram {
+            self.stats.duplicates_suppressed += 1;
+            return;
+        }
         if !first_time {
             // Sent again because our acknowledgement was lost: acknowledge, deliver once.
             self.stats.duplicates_suppressed += 1;
@@ -1113,6 +1786,11 @@ impl Driver {
             hops,
             received_at: unix_millis(),
         };
+        if datagram {
+            tracing::trace!(source = %message.source, hops, bytes = message.payload.len(), "datagram received");
+            self.record(message);
+            return;
+        }
         tracing::info!(source = %message.source, hops, bytes = message.payload.len(), "message received");
         self.record(message);
         self.acknowledge(&header, hops);
@@ -1124,12 +1802,14 @@ impl Driver {
             self.received.pop_front();
         }
         self.received.push_back(message.clone());
-        let _ = self.events.send(MeshEvent::Message {
-            source: message.source.to_string(),
-            payload: String::from_utf8_lossy(&message.payload).into_owned(),
-            hops: message.hops,
-            received_at: message.received_at,
-        });
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(MeshEvent::Message {
+                source: message.source.to_string(),
+                payload: String::from_utf8_lossy(&message.payload).into_owned(),
+                hops: message.hops,
+                received_at: message.received_at,
+            });
+        }
         let _ = self.subscribers.send(message);
     }
 
@@ -1166,7 +1846,7 @@ impl Driver {
         };
         match self.router.next_hop(&header.source) {
             Some(next_hop) => {
-                if self.send_frame(next_hop, frame).is_err() {
+                if self.send_own(next_hop, header.source, frame).is_err() {
                     self.stats.dropped_link += 1;
                 }
             }
@@ -1193,7 +1873,7 @@ impl Driver {
             .partition(|(to, _)| to == destination);
         self.ack_packets = waiting;
         for (_, frame) in ready {
-            if self.send_frame(next_hop, frame).is_err() {
+            if self.send_own(next_hop, *destination, frame).is_err() {
                 self.stats.dropped_link += 1;
             }
         }
@@ -1438,6 +2118,7 @@ mod driver_tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::ledger::TokensInfo;
     use meshcore_proto::peers::LinkId;
     use meshcore_proto::route::{Rerr, RouteMessage, Unreachable};
     use rand_chacha::rand_core::SeedableRng;
@@ -1451,15 +2132,54 @@ mod driver_tests {
 
     /// A driver fed from the returned sender, as the network's frame sink would feed it.
     async fn node(seed: u64) -> (Routing, mpsc::Sender<ReceivedFrame>) {
-        let (frames, inbox) = mpsc::channel(1024);
+        node_with(
+            seed,
+            RoutingOptions::new(10, Duration::from_secs(300), seed),
+        )
+        .await
+    }
+
+    async fn node_with(
+        seed: u64,
+        options: RoutingOptions,
+    ) -> (Routing, mpsc::Sender<ReceivedFrame>) {
         let store = Store::open_in_memory().await.expect("store");
-        let options = RoutingOptions {
-            max_hops: 10,
-            route_timeout: Duration::from_secs(300),
-            rng_seed: seed,
-        };
+        node_on(seed, options, store)
+    }
+
+    fn node_on(
+        seed: u64,
+        options: RoutingOptions,
+        store: Store,
+    ) -> (Routing, mpsc::Sender<ReceivedFrame>) {
+        let (frames, inbox) = mpsc::channel(1024);
         let routing = Routing::start(&keys(seed), inbox, store, options).expect("driver");
         (routing, frames)
+    }
+
+    /// Links two drivers both ways with in-memory links that lose nothing.
+    fn join(
+        (a, a_frames): (&Routing, &mpsc::Sender<ReceivedFrame>),
+        (b, b_frames): (&Routing, &mpsc::Sender<ReceivedFrame>),
+        ids: (u64, u64),
+    ) {
+        let (a_to_b, a_out) = LinkHandle::in_memory(LinkId(ids.0), b.node_id());
+        let (b_to_a, b_out) = LinkHandle::in_memory(LinkId(ids.1), a.node_id());
+        wire(a_out, a.node_id(), LinkId(ids.1), b_frames.clone(), |_| {
+            false
+        });
+        wire(b_out, b.node_id(), LinkId(ids.0), a_frames.clone(), |_| {
+            false
+        });
+        a.link_up(a_to_b);
+        b.link_up(b_to_a);
+    }
+
+    fn relay_off(seed: u64) -> RoutingOptions {
+        RoutingOptions {
+            relay_enabled: false,
+            ..RoutingOptions::new(10, Duration::from_secs(300), seed)
+        }
     }
 
     /// Carries what `from` queues on its in-memory link into the driver behind `to`,
@@ -1604,5 +2324,264 @@ mod driver_tests {
         assert_eq!(stats.dropped_no_route, 1);
         assert_eq!(stats.packets_forwarded, 0);
         relay.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_route_forms_around_a_node_that_does_not_relay() {
+        // A diamond a–r–b, a–c–b; r does not relay.
+        let a = node(11).await;
+        let r = node_with(12, relay_off(12)).await;
+        let c = node(13).await;
+        let b = node(14).await;
+        join((&a.0, &a.1), (&r.0, &r.1), (1, 2));
+        join((&r.0, &r.1), (&b.0, &b.1), (3, 4));
+        join((&a.0, &a.1), (&c.0, &c.1), (5, 6));
+        join((&c.0, &c.1), (&b.0, &b.1), (7, 8));
+        let (a_id, b_id, c_id, r_id) = (a.0.node_id(), b.0.node_id(), c.0.node_id(), r.0.node_id());
+        let route = a.0.find_route(b_id, WAIT).await.expect("a route to b");
+        assert_eq!(route.next_hop, c_id.to_hex(), "{route:?}");
+        assert!(!route.path.contains(&r_id.to_hex()));
+        let delivery =
+            a.0.send(b_id, Bytes::from_static(b"around"), WAIT)
+                .await
+                .expect("delivered");
+        assert_eq!(delivery.hops, 2);
+        // A datagram goes the same way and is not acknowledged.
+        let mut at_b = b.0.subscribe();
+        a.0.send_datagram(b_id, Bytes::from_static(b"fire and forget"))
+            .await
+            .expect("queued");
+        let datagram = tokio::time::timeout(WAIT, at_b.recv())
+            .await
+            .expect("in time")
+            .expect("delivered");
+        assert_eq!(datagram.payload, Bytes::from_static(b"fire and forget"));
+        assert_eq!(datagram.source, a_id);
+        let relay = r.0.relay_stats().await.expect("stats");
+        assert!(!relay.relaying && !relay.accepting_new_flows);
+        assert_eq!(relay.packets_forwarded, 0);
+        assert_eq!(b.0.stats().await.expect("stats").packets_delivered, 2);
+        // r itself is reachable.
+        a.0.find_route(r_id, WAIT).await.expect("a route to r");
+        for node in [&a.0, &r.0, &c.0, &b.0] {
+            node.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_packet_brings_its_source_a_notice_and_turning_relaying_on_applies_at_once() {
+        // A line a–r–b where r does not relay.
+        let a = node(21).await;
+        let r = node_with(22, relay_off(22)).await;
+        let b = node(23).await;
+        join((&a.0, &a.1), (&r.0, &r.1), (1, 2));
+        join((&r.0, &r.1), (&b.0, &b.1), (3, 4));
+        let (a_id, b_id) = (a.0.node_id(), b.0.node_id());
+        assert_eq!(
+            a.0.find_route(b_id, WAIT).await,
+            Err(RouteError::NoRouteWithinMaxHops),
+            "no route through a node that does not relay"
+        );
+        // A packet for b reaches r from a anyway (say, on a route learned before).
+        let mut events = a.0.events();
+        let header = PacketHeader {
+            hop_limit: 9,
+            flow_id: DATAGRAM_FLOW,
+            sequence: 1,
+            source: a_id,
+            destination: b_id,
+        };
+        r.0.find_route(b_id, WAIT)
+            .await
+            .expect("r reaches b itself");
+        r.1.send(ReceivedFrame {
+            link: LinkId(2),
+            peer: a_id,
+            data: frame_of(TAG_DATA, &header, b"sealed bytes"),
+        })
+        .await
+        .expect("driver running");
+        let refused = tokio::time::timeout(WAIT, async {
+            loop {
+                match events.recv().await {
+                    Ok(MeshEvent::RelayRefused {
+                        relay,
+                        destination,
+                        reason,
+                    }) => return (relay, destination, reason),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(error) => panic!("events ended: {error}"),
+                }
+            }
+        })
+        .await
+        .expect("a notice in time");
+        assert_eq!(
+            refused,
+            (
+                r.0.node_id().to_hex(),
+                b_id.to_hex(),
+                "relaying_disabled".to_owned()
+            )
+        );
+        let r_stats = r.0.stats().await.expect("stats");
+        assert_eq!(r_stats.relay_refused_disabled, 1, "{r_stats:?}");
+        assert_eq!(r_stats.relay_notices_sent, 1);
+        assert_eq!(r_stats.packets_forwarded, 0);
+        assert_eq!(a.0.stats().await.expect("stats").relay_notices_received, 1);
+
+        // Relaying turned on at run time: the next discovery goes through r.
+        r.0.set_relay(true, 1024 * 1024);
+        let route = a.0.find_route(b_id, WAIT).await.expect("a route through r");
+        assert_eq!(route.next_hop, r.0.node_id().to_hex());
+        a.0.send(b_id, Bytes::from_static(b"through r"), WAIT)
+            .await
+            .expect("delivered through r");
+        let relay = r.0.relay_stats().await.expect("stats");
+        assert!(relay.relaying && relay.packets_forwarded >= 2, "{relay:?}");
+        assert!(
+            relay.flows.len() >= 2,
+            "the message and its acknowledgement"
+        );
+        for node in [&a.0, &r.0, &b.0] {
+            node.shutdown().await;
+        }
+    }
+
+    /// Waits (bounded) until `check` holds for `node`'s tokens, and returns them.
+    async fn tokens_when(node: &Routing, check: impl Fn(&TokensInfo) -> bool) -> TokensInfo {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let tokens = node.tokens().await.expect("tokens");
+                if check(&tokens) {
+                    return tokens;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("in time")
+    }
+
+    fn account<'a>(
+        tokens: &'a TokensInfo,
+        neighbour: &NodeId,
+    ) -> Option<&'a crate::ledger::NeighbourAccount> {
+        let id = neighbour.to_hex();
+        tokens.neighbours.iter().find(|n| n.node_id == id)
+    }
+
+    #[tokio::test]
+    async fn a_relay_earns_only_what_it_forwards_and_the_originator_spends_the_same() {
+        // a – r – b; r keeps its ledger in a file, to be restarted from it.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("relay.db");
+        let a = node(31).await;
+        let r_store = Store::open(&db).await.expect("store");
+        let r = node_on(
+            32,
+            RoutingOptions::new(10, Duration::from_secs(300), 32),
+            r_store.clone(),
+        );
+        let b = node(33).await;
+        join((&a.0, &a.1), (&r.0, &r.1), (1, 2));
+        join((&r.0, &r.1), (&b.0, &b.1), (3, 4));
+        let (a_id, r_id, b_id) = (a.0.node_id(), r.0.node_id(), b.0.node_id());
+        a.0.find_route(r_id, WAIT).await.expect("a route to r");
+        let route = a.0.find_route(b_id, WAIT).await.expect("a route to b");
+        assert_eq!(route.next_hop, r_id.to_hex());
+        let mut at_r = r.0.subscribe();
+        let mut at_b = b.0.subscribe();
+        let payload = Bytes::from(vec![7u8; 8 * 1024]);
+
+        // Traffic for r itself: r carries nothing for anyone and earns nothing.
+        for _ in 0..20 {
+            a.0.send_datagram(r_id, payload.clone())
+                .await
+                .expect("sent");
+        }
+        for _ in 0..20 {
+            tokio::time::timeout(WAIT, at_r.recv())
+                .await
+                .expect("in time")
+                .expect("delivered");
+        }
+        let r_tokens = r.0.tokens().await.expect("tokens");
+        assert_eq!((r_tokens.earned, r_tokens.spent), (0, 0), "{r_tokens:?}");
+        let a_tokens = a.0.tokens().await.expect("tokens");
+        assert_eq!(a_tokens.spent, 0, "sending to a neighbour is free");
+        assert_eq!(account(&a_tokens, &r_id).map(|n| n.payable), Some(0));
+
+        // 40 × 8 KiB through r: at r's fee of 100 tokens/MB, about 33 tokens.
+        for _ in 0..40 {
+            a.0.send_datagram(b_id, payload.clone())
+                .await
+                .expect("sent");
+        }
+        for _ in 0..40 {
+            tokio::time::timeout(WAIT, at_b.recv())
+                .await
+                .expect("in time")
+                .expect("delivered");
+        }
+        let relay = r.0.relay_stats().await.expect("stats");
+        assert_eq!(relay.packets_forwarded, 40, "{relay:?}");
+        // Both sides book the same charge for the same bytes...
+        let a_tokens = tokens_when(&a.0, |t| {
+            account(t, &r_id).is_some_and(|n| n.payable > 0 && n.tokens_spent > 0)
+        })
+        .await;
+        let a_at_r = account(&a_tokens, &r_id).expect("a's account of r").clone();
+        let r_tokens = tokens_when(&r.0, |t| {
+            account(t, &a_id).is_some_and(|n| n.tokens_earned == a_at_r.tokens_spent)
+        })
+        .await;
+        let r_at_a = account(&r_tokens, &a_id).expect("r's account of a").clone();
+        assert_eq!(
+            r_at_a.receivable, a_at_r.payable,
+            "the same charge at both ends"
+        );
+        let frame = (1 + HEADER_LEN + 1 + e2e::SEAL_OVERHEAD + payload.len()) as u64;
+        assert_eq!(r_at_a.bytes_relayed, 40 * frame);
+        assert_eq!(
+            a_at_r.bytes_consumed,
+            60 * frame,
+            "20 frames to r, 40 through it"
+        );
+        let expected = 40 * frame * 100_000 / 1_000_000;
+        assert_eq!(a_at_r.payable, expected, "40 frames at 100 tokens/MB");
+        // ...and what r earned is exactly what a spent, in IOUs a signed.
+        assert_eq!(r_at_a.tokens_earned, a_at_r.tokens_spent);
+        assert!(
+            r_at_a.tokens_earned >= 10_000,
+            "at least the first threshold"
+        );
+        assert_eq!(r_tokens.earned, r_at_a.tokens_earned);
+        assert_eq!(r_tokens.spent, 0, "r owes b nothing: b is the destination");
+        let received = r_at_a.latest_iou_received.clone().expect("an IOU from a");
+        assert_eq!(
+            Some(received.clone()),
+            a_at_r.latest_iou_sent.clone(),
+            "r holds the IOU a signed"
+        );
+        let b_tokens = b.0.tokens().await.expect("tokens");
+        assert_eq!(b_tokens.earned, 0, "the destination earns nothing");
+
+        // r restarts from its store: the same accounts, a new epoch.
+        r.0.shutdown().await;
+        let r2 = node_on(
+            32,
+            RoutingOptions::new(10, Duration::from_secs(300), 32),
+            r_store,
+        );
+        let restored = r2.0.tokens().await.expect("tokens");
+        let r2_at_a = account(&restored, &a_id).expect("restored account");
+        assert_eq!(r2_at_a.tokens_earned, r_at_a.tokens_earned);
+        assert_eq!(r2_at_a.receivable, r_at_a.receivable);
+        assert_eq!(r2_at_a.latest_iou_received, Some(received));
+        assert!(restored.epoch > r_tokens.epoch);
+        for node in [&a.0, &b.0, &r2.0] {
+            node.shutdown().await;
+        }
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use meshcore_net::ledger::LedgerTerms;
 use meshcore_net::routing::{Routing, RoutingOptions};
 use meshcore_net::webrtc::WebRtcOptions;
 use meshcore_net::{Network, NetworkConfig};
@@ -131,6 +132,15 @@ struct Inner {
     network: Network,
 }
 
+/// The ledger's terms in `settings`.
+fn ledger_terms(settings: &Settings) -> LedgerTerms {
+    LedgerTerms {
+        tokens_per_mb: settings.tokens_per_mb,
+        payment_threshold: settings.payment_threshold,
+        new_neighbour_threshold: settings.new_neighbour_threshold,
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -181,9 +191,14 @@ impl Node {
                     .filter_map(|id| id.parse::<NodeId>().ok())
                     .collect(),
                 routing: Some(RoutingOptions {
-                    max_hops: settings.max_hops,
-                    route_timeout: Duration::from_secs(settings.route_timeout),
-                    rng_seed: rand::random(),
+                    relay_enabled: settings.relay_enabled,
+                    relay_bandwidth: settings.relay_bandwidth,
+                    ledger: ledger_terms(&settings),
+                    ..RoutingOptions::new(
+                        settings.max_hops,
+                        Duration::from_secs(settings.route_timeout),
+                        rand::random(),
+                    )
                 }),
                 webrtc: config.webrtc.map(|bind| WebRtcOptions {
                     bind,
@@ -217,7 +232,9 @@ impl Node {
         Ok(node)
     }
 
-    /// Applies settings changes to the running network: connection limits at once, new
+    /// Applies settings changes to the running network: connection limits, the relay
+    /// settings (`relay_enabled`, `relay_bandwidth`) and the ledger's terms
+    /// (`tokens_per_mb`, `payment_threshold`, `new_neighbour_threshold`) at once, new
     /// bootstrap entries by dialling them.
     fn apply_settings_changes(&self) {
         let mut changes = self.subscribe_settings();
@@ -233,6 +250,18 @@ impl Node {
                         current.min_connections as usize,
                         current.max_connections as usize,
                     );
+                }
+                if (current.relay_enabled, current.relay_bandwidth)
+                    != (previous.relay_enabled, previous.relay_bandwidth)
+                {
+                    if let Some(routing) = network.routing() {
+                        routing.set_relay(current.relay_enabled, current.relay_bandwidth);
+                    }
+                }
+                if ledger_terms(&current) != ledger_terms(&previous) {
+                    if let Some(routing) = network.routing() {
+                        routing.set_ledger_terms(ledger_terms(&current));
+                    }
                 }
                 for entry in current
                     .bootstrap_urls
@@ -430,6 +459,36 @@ mod tests {
         let node = Node::start(config(dir.path())).await.expect("restart");
         assert_eq!(node.node_id(), id);
         assert_eq!(node.settings().max_hops, 6);
+        node.shutdown().await.expect("shutdown");
+    }
+
+    #[tokio::test]
+    async fn relay_settings_reach_the_routing_driver_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = Node::start(config(dir.path())).await.expect("start");
+        let routing = node.routing().expect("routing runs").clone();
+        let before = routing.relay_stats().await.expect("stats");
+        assert!(before.relaying);
+        assert_eq!(before.relay_bandwidth, 5 * 1024 * 1024);
+        node.update_settings(
+            &patch(json!({"relay_enabled": false, "relay_bandwidth": 1000})),
+            "test",
+        )
+        .await
+        .expect("update");
+        // The watcher task hands the change to the driver; wait for it, bounded.
+        let applied = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let stats = routing.relay_stats().await.expect("stats");
+                if !stats.relaying && stats.relay_bandwidth == 1000 {
+                    return stats;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("applied in time");
+        assert!(!applied.accepting_new_flows);
         node.shutdown().await.expect("shutdown");
     }
 

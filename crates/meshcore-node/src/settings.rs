@@ -33,6 +33,8 @@ pub const MAX_ENTRY_LEN: usize = 512;
 pub enum SettingKey {
     /// `relay_bandwidth`
     RelayBandwidth,
+    /// `relay_enabled`
+    RelayEnabled,
     /// `max_connections`
     MaxConnections,
     /// `min_connections`
@@ -41,6 +43,10 @@ pub enum SettingKey {
     TokensPerMb,
     /// `token_rate`
     TokenRate,
+    /// `payment_threshold`
+    PaymentThreshold,
+    /// `new_neighbour_threshold`
+    NewNeighbourThreshold,
     /// `max_hops`
     MaxHops,
     /// `route_timeout`
@@ -71,12 +77,15 @@ pub enum SettingKey {
 
 impl SettingKey {
     /// Every setting, in documentation order.
-    pub const ALL: [SettingKey; 18] = [
+    pub const ALL: [SettingKey; 21] = [
         Self::RelayBandwidth,
+        Self::RelayEnabled,
         Self::MaxConnections,
         Self::MinConnections,
         Self::TokensPerMb,
         Self::TokenRate,
+        Self::PaymentThreshold,
+        Self::NewNeighbourThreshold,
         Self::MaxHops,
         Self::RouteTimeout,
         Self::StunServers,
@@ -96,10 +105,13 @@ impl SettingKey {
     pub fn name(self) -> &'static str {
         match self {
             Self::RelayBandwidth => "relay_bandwidth",
+            Self::RelayEnabled => "relay_enabled",
             Self::MaxConnections => "max_connections",
             Self::MinConnections => "min_connections",
             Self::TokensPerMb => "tokens_per_mb",
             Self::TokenRate => "token_rate",
+            Self::PaymentThreshold => "payment_threshold",
+            Self::NewNeighbourThreshold => "new_neighbour_threshold",
             Self::MaxHops => "max_hops",
             Self::RouteTimeout => "route_timeout",
             Self::StunServers => "stun_servers",
@@ -119,10 +131,13 @@ impl SettingKey {
     /// What the setting means, its rule and its default.
     pub fn description(self) -> &'static str {
         match self {
-            Self::RelayBandwidth => "bytes per second this node gives to relaying others' traffic; 0 or more; default 5242880 (5 MiB/s)",
+            Self::RelayBandwidth => "bytes per second this node gives to relaying others' traffic, shared fairly among the flows it carries; 0 or more (0 turns relaying off); default 5242880 (5 MiB/s); applies at once",
+            Self::RelayEnabled => "whether this node relays others' traffic; when off it forwards no one else's packets or route requests, so routes form around it; true or false; default true; applies at once",
             Self::MaxConnections => "most peer links kept at once; 1 to 10000; default 50",
             Self::MinConnections => "fewest peer links the node tries to keep; 0 to max_connections; default 3",
-            Self::TokensPerMb => "tokens charged per MB relayed; 0 to 1000000000; default 100",
+            Self::TokensPerMb => "tokens this node charges per MB (10^6 bytes) it relays, before its reputation multiplier (1.0-1.5); 0 to 1000000000; default 100; applies at once",
+            Self::PaymentThreshold => "tokens owed to a neighbour at which this node pays it with a signed IOU; a neighbour owing this node more than 1.25x it is throttled, more than 10x for 60 s cut off; 1 to 1000000000; default 100; applies at once",
+            Self::NewNeighbourThreshold => "the payment threshold a new neighbour starts with, in tokens; it grows by what the neighbour has paid, up to payment_threshold; 1 to payment_threshold; default 10; applies at once",
             Self::TokenRate => "token exchange rate; a number above 0; default 100.0",
             Self::MaxHops => "most hops a routed packet may travel (the router uses at most 32); 1 to 255; default 10; applies at the next start",
             Self::RouteTimeout => "seconds a route lives without use; 1 to 604800; default 300; applies at the next start",
@@ -233,6 +248,8 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<
 pub struct Settings {
     /// Bytes per second given to relaying; default 5 MiB/s.
     pub relay_bandwidth: u64,
+    /// Whether this node relays others' traffic; default true.
+    pub relay_enabled: bool,
     /// Most peer links; default 50.
     pub max_connections: u32,
     /// Fewest peer links; default 3.
@@ -241,6 +258,10 @@ pub struct Settings {
     pub tokens_per_mb: u64,
     /// Token exchange rate; default 100.0.
     pub token_rate: f64,
+    /// Tokens owed at which a neighbour is paid; default 100.
+    pub payment_threshold: u64,
+    /// The payment threshold a new neighbour starts with, tokens; default 10.
+    pub new_neighbour_threshold: u64,
     /// Most hops for a routed packet; default 10.
     pub max_hops: u32,
     /// Route lifetime in seconds; default 300.
@@ -273,10 +294,13 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             relay_bandwidth: 5 * 1024 * 1024,
+            relay_enabled: true,
             max_connections: 50,
             min_connections: 3,
             tokens_per_mb: 100,
             token_rate: 100.0,
+            payment_threshold: 100,
+            new_neighbour_threshold: 10,
             max_hops: 10,
             route_timeout: 300,
             stun_servers: Vec::new(),
@@ -585,6 +609,9 @@ impl Settings {
                 self.relay_bandwidth =
                     expect_value(key, value, "a whole number of bytes per second, 0 or more")?;
             }
+            SettingKey::RelayEnabled => {
+                self.relay_enabled = expect_value(key, value, "true or false")?;
+            }
             SettingKey::MaxConnections => {
                 let n = expect_value(key, value, "a whole number from 1 to 10000")?;
                 self.max_connections = in_range(key, n, 1, 10_000)?;
@@ -606,6 +633,14 @@ impl Settings {
                     ));
                 }
                 self.token_rate = rate;
+            }
+            SettingKey::PaymentThreshold => {
+                let n = expect_value(key, value, "a whole number of tokens from 1 to 1000000000")?;
+                self.payment_threshold = in_range(key, n, 1, 1_000_000_000)?;
+            }
+            SettingKey::NewNeighbourThreshold => {
+                let n = expect_value(key, value, "a whole number of tokens from 1 to 1000000000")?;
+                self.new_neighbour_threshold = in_range(key, n, 1, 1_000_000_000)?;
             }
             SettingKey::MaxHops => {
                 let n = expect_value(key, value, "a whole number from 1 to 255")?;
@@ -702,6 +737,15 @@ impl Settings {
                 format!(
                     "must not exceed max_connections ({} > {})",
                     self.min_connections, self.max_connections
+                ),
+            ));
+        }
+        if self.new_neighbour_threshold > self.payment_threshold {
+            errors.push(FieldError::new(
+                SettingKey::NewNeighbourThreshold.name(),
+                format!(
+                    "must not exceed payment_threshold ({} > {})",
+                    self.new_neighbour_threshold, self.payment_threshold
                 ),
             ));
         }
@@ -929,10 +973,13 @@ mod tests {
     fn defaults_are_the_specification_values() {
         let settings = Settings::default();
         assert_eq!(settings.relay_bandwidth, 5 * 1024 * 1024);
+        assert!(settings.relay_enabled);
         assert_eq!(settings.max_connections, 50);
         assert_eq!(settings.min_connections, 3);
         assert_eq!(settings.tokens_per_mb, 100);
         assert_eq!(settings.token_rate, 100.0);
+        assert_eq!(settings.payment_threshold, 100);
+        assert_eq!(settings.new_neighbour_threshold, 10);
         assert_eq!(settings.max_hops, 10);
         assert_eq!(settings.route_timeout, 300);
         assert_eq!(settings.to_json().len(), SettingKey::ALL.len());
@@ -977,6 +1024,33 @@ mod tests {
             errors[0].message
         );
         assert!(errors[0].message.contains("-5"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn a_new_neighbour_threshold_above_the_payment_threshold_is_refused() {
+        let errors = errors_of(
+            Settings::default().with_patch(&patch(json!({"payment_threshold": 5})), "test"),
+        );
+        assert_eq!(errors[0].field, "new_neighbour_threshold");
+        assert!(
+            errors[0].message.contains("payment_threshold"),
+            "{}",
+            errors[0].message
+        );
+        let both = Settings::default()
+            .with_patch(
+                &patch(json!({"payment_threshold": 5, "new_neighbour_threshold": 5})),
+                "test",
+            )
+            .expect("valid together");
+        assert_eq!(
+            (both.payment_threshold, both.new_neighbour_threshold),
+            (5, 5)
+        );
+        let errors = errors_of(
+            Settings::default().with_patch(&patch(json!({"payment_threshold": 0})), "test"),
+        );
+        assert_eq!(errors[0].field, "payment_threshold");
     }
 
     #[test]
@@ -1072,6 +1146,23 @@ mod tests {
         assert!(Settings::default()
             .with_patch(&patch(json!({"lan_discovery": "no"})), "test")
             .is_err());
+        assert_eq!(
+            SettingKey::RelayEnabled.value_from_text("false"),
+            json!(false)
+        );
+        let off = Settings::default()
+            .with_patch(&patch(json!({"relay_enabled": false})), "test")
+            .expect("a boolean");
+        assert!(!off.relay_enabled);
+        let errors = errors_of(
+            Settings::default().with_patch(&patch(json!({"relay_enabled": "off"})), "test"),
+        );
+        assert_eq!(errors[0].field, "relay_enabled");
+        assert!(
+            errors[0].message.contains("true or false"),
+            "{}",
+            errors[0].message
+        );
         assert!(Settings::default()
             .with_patch(
                 &patch(json!({"relay_urls": ["ftp://relay.example.org"]})),

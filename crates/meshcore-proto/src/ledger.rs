@@ -57,21 +57,34 @@
 //! [`Ledger::restore`] resumes from it. Every map is bounded by
 //! [`LedgerConfig::max_accounts`] and [`LedgerConfig::max_prices_per_neighbour`].
 //!
+//! [`Bookkeeper`] is that run loop with the neighbour conversation it needs: a relay
+//! charges upstream for what it forwards ([`Ledger::record_carried`]) and tells it so in
+//! [`Statement`]s (its price for the destination and the bytes carried), and an upstream
+//! owes only what statements confirm, capped at what it handed over — so a relay is never
+//! paid for packets it dropped or refused; then IOUs out and in. The routing driver feeds
+//! it and carries its [`LedgerMessage`]s.
+//!
 //! # Files
 //!
 //! - [`config`] — [`LedgerConfig`], every default in one place;
 //! - [`iou`] — [`Iou`]: signing, verifying, the fixed 160-byte wire form;
+//! - [`statement`] — [`Statement`]: a downstream neighbour's price and carried bytes for a
+//!   destination, fixed 49-byte wire form;
+//! - [`book`] — [`Bookkeeper`], the run loop and neighbour conversation;
 //! - [`reputation`] — the decaying score and the fee multiplier;
 //! - `state` — [`Ledger`], [`Account`], [`Standing`] and the errors.
 
+pub mod book;
 pub mod config;
 pub mod iou;
 pub mod reputation;
 mod state;
+pub mod statement;
 
 #[cfg(test)]
 mod tests;
 
+pub use book::{BookCounters, Bookkeeper, LedgerMessage};
 pub use config::{LedgerConfig, BYTES_PER_MB, MILLI_PER_TOKEN};
 pub use iou::{Iou, IouDecodeError, IouLink, IOU_LEN};
 pub use reputation::Reputation;
@@ -79,3 +92,4 @@ pub use state::{
     Accepted, Account, Forwarded, IouError, Ledger, LedgerError, LedgerSnapshot, RestoreError,
     Standing,
 };
+pub use statement::{Statement, StatementDecodeError, STATEMENT_LEN};

@@ -15,6 +15,7 @@
 //! - [`ledger`]: the relay ledger (pay-per-forward charges, signed cumulative IOUs, credit limits).
 //! - [`link`]: the link protocol messages and link quality.
 //! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).
+//! - [`relay`]: the relay budget (fair-share limiter over flows) and refusal notices.
 //! - [`route`]: the mesh router (AODV-style discovery, feasibility-checked loop freedom, hellos, Dijkstra).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -25,6 +26,7 @@ pub mod identity;
 pub mod ledger;
 pub mod link;
 pub mod peers;
+pub mod relay;
 pub mod route;
 
 pub use identity::{NodeId, NodeKeypair, NodeSignature, SignatureDomain, SignatureError};

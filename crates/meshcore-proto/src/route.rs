@@ -42,6 +42,13 @@
 //!   another feasible candidate exists, the router switches to it without any message.
 //!   Otherwise the route is lost: a RERR goes to its precursors and, if the destination was
 //!   asked for by [`Router::find_route`] within `route_timeout`, discovery starts again.
+//! - **Nodes that do not relay** ([`RouterConfig::relay`] false: setting `relay_enabled`
+//!   off, `relay_bandwidth` 0, or a saturated relay budget) forward no one else's route
+//!   requests or replies and announce no routes in their hellos, so no neighbour learns a
+//!   route through them and discoveries between other nodes find paths around them. They
+//!   still discover routes for themselves and answer requests for themselves. A data packet
+//!   such a node refuses to relay is answered with a RERR to the neighbour it came from
+//!   ([`Router::handle_refused`]), which withdraws routes learned through it before.
 //! - **Expiry.** A route lives `route_timeout` (default 300 s) from the moment the
 //!   destination signed its advertisement (`issued_at`, or the moment of receipt if that
 //!   is earlier). Hellos refresh one- and two-hop routes; longer routes are refreshed by

@@ -10,7 +10,10 @@
 //!
 //! Tables keep the names and columns of the Aevov Meshcore specification
 //! (`meshcore_nodes`, `meshcore_connections`, `meshcore_routes`, `meshcore_dht`,
-//! `meshcore_bandwidth_tokens`) plus `meshcore_settings` for runtime setting changes.
+//! `meshcore_bandwidth_tokens`) plus `meshcore_settings` for runtime setting changes, and
+//! for the relay ledger `meshcore_ledger_ious` (the latest signed IOU per neighbour and
+//! direction) and `meshcore_ledger_state` (this node's epoch, allowance pool and own
+//! reputation); ledger accounts are rows of `meshcore_bandwidth_tokens`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::collections::BTreeMap;
@@ -31,13 +34,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: u32 = 4;
 
 /// The tables every Meshcore database has, in schema order.
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 8] = [
     "meshcore_nodes",
     "meshcore_connections",
     "meshcore_routes",
     "meshcore_dht",
     "meshcore_bandwidth_tokens",
     "meshcore_settings",
+    "meshcore_ledger_ious",
+    "meshcore_ledger_state",
 ];
 
 /// What went wrong in the store.
@@ -134,6 +139,87 @@ pub struct RouteRow {
     pub path_nodes: Vec<String>,
     /// Unix seconds when the route expires unless refreshed.
     pub expires_at: i64,
+}
+
+/// A row of `meshcore_bandwidth_tokens`: this node's account with one neighbour (amounts in
+/// milli-tokens; see `migrations/0003_ledger.sql`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerAccountRow {
+    /// The neighbour's node id (64 hex characters).
+    pub neighbour_id: String,
+    /// Paid to this node by the neighbour.
+    pub tokens_earned_milli: i64,
+    /// Paid by this node to the neighbour.
+    pub tokens_spent_milli: i64,
+    /// Bytes this node carried for the neighbour.
+    pub bytes_relayed: i64,
+    /// Bytes the neighbour carried for this node.
+    pub bytes_consumed: i64,
+    /// The neighbour's reputation score, 0 to 1000.
+    pub reputation_score: i64,
+    /// When that score was last decayed, Unix milliseconds.
+    pub reputation_as_of_ms: i64,
+    /// The fee multiplier the score gives (1.0 to 1.5), for display.
+    pub reputation_modifier: f64,
+    /// Charges to the neighbour, milli-tokens·bytes/MB, as decimal text.
+    pub receivable_micro: String,
+    /// Charges by the neighbour, milli-tokens·bytes/MB, as decimal text.
+    pub payable_micro: String,
+    /// The free allowance issued for paying the neighbour, if any yet.
+    pub allowance_milli: Option<i64>,
+    /// Paid by the neighbour before the epoch of its latest IOU.
+    pub earned_before_epoch_milli: i64,
+    /// Paid to the neighbour before the epoch of this node's latest IOU.
+    pub spent_before_epoch_milli: i64,
+    /// Bytes paid for before the epoch of this node's latest IOU.
+    pub spent_before_epoch_bytes: i64,
+    /// Since when the neighbour has owed more than its cut-off, Unix milliseconds.
+    pub over_cutoff_since_ms: Option<i64>,
+}
+
+/// A row of `meshcore_ledger_ious`: the latest IOU on one link direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerIouRow {
+    /// The neighbour's node id.
+    pub neighbour_id: String,
+    /// `received` (the neighbour signed it) or `sent` (this node signed it).
+    pub direction: String,
+    /// The payer's epoch.
+    pub epoch: i64,
+    /// The payer's sequence number.
+    pub seq: i64,
+    /// Bytes paid for in the epoch.
+    pub cumulative_bytes: i64,
+    /// Milli-tokens owed in the epoch.
+    pub cumulative_amount_milli: i64,
+    /// The encoded signed IOU.
+    pub iou: Vec<u8>,
+}
+
+/// The row of `meshcore_ledger_state`: this node's side of the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerStateRow {
+    /// The epoch this node signs IOUs in.
+    pub epoch: i64,
+    /// Unissued free allowance.
+    pub allowance_pool_milli: i64,
+    /// When the pool was last refilled, Unix milliseconds.
+    pub allowance_pool_as_of_ms: i64,
+    /// This node's own reputation score, 0 to 1000.
+    pub own_reputation_score: i64,
+    /// When it was last decayed, Unix milliseconds.
+    pub own_reputation_as_of_ms: i64,
+}
+
+/// Everything the ledger persists, written by [`Store::save_ledger`] in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LedgerRows {
+    /// This node's side; `None` for a ledger never saved.
+    pub state: Option<LedgerStateRow>,
+    /// One row per neighbour.
+    pub accounts: Vec<LedgerAccountRow>,
+    /// The latest IOU per neighbour and direction.
+    pub ious: Vec<LedgerIouRow>,
 }
 
 /// A change to the DHT records, written in order by [`Store::apply_dht_changes`].
@@ -468,6 +554,182 @@ impl Store {
             .collect())
     }
 
+    /// Writes the ledger in one transaction: the state row, every account (inserted or
+    /// updated; the seed's `tokens_earned`/`tokens_spent` in whole tokens beside the exact
+    /// milli-token columns) and the latest IOUs. `now` is Unix seconds, for `updated_at`.
+    pub async fn save_ledger(&self, rows: &LedgerRows, now: i64) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        if let Some(state) = &rows.state {
+            sqlx::query(
+                "INSERT INTO meshcore_ledger_state
+                     (id, epoch, allowance_pool_milli, allowance_pool_as_of_ms,
+                      own_reputation_score, own_reputation_as_of_ms, updated_at)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET
+                     epoch = excluded.epoch,
+                     allowance_pool_milli = excluded.allowance_pool_milli,
+                     allowance_pool_as_of_ms = excluded.allowance_pool_as_of_ms,
+                     own_reputation_score = excluded.own_reputation_score,
+                     own_reputation_as_of_ms = excluded.own_reputation_as_of_ms,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(state.epoch)
+            .bind(state.allowance_pool_milli)
+            .bind(state.allowance_pool_as_of_ms)
+            .bind(state.own_reputation_score)
+            .bind(state.own_reputation_as_of_ms)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        for account in &rows.accounts {
+            sqlx::query(
+                "INSERT INTO meshcore_bandwidth_tokens
+                     (node_id, tokens_earned, tokens_spent, bytes_relayed, bytes_consumed,
+                      reputation_modifier, tokens_earned_milli, tokens_spent_milli,
+                      receivable_micro, payable_micro, allowance_milli,
+                      earned_before_epoch_milli, spent_before_epoch_milli,
+                      spent_before_epoch_bytes, reputation_score, reputation_as_of_ms,
+                      over_cutoff_since_ms, updated_at)
+                 VALUES (?1, ?2 / 1000, ?3 / 1000, ?4, ?5, ?6, ?2, ?3, ?7, ?8, ?9, ?10, ?11,
+                         ?12, ?13, ?14, ?15, ?16)
+                 ON CONFLICT (node_id) DO UPDATE SET
+                     tokens_earned = excluded.tokens_earned,
+                     tokens_spent = excluded.tokens_spent,
+                     bytes_relayed = excluded.bytes_relayed,
+                     bytes_consumed = excluded.bytes_consumed,
+                     reputation_modifier = excluded.reputation_modifier,
+                     tokens_earned_milli = excluded.tokens_earned_milli,
+                     tokens_spent_milli = excluded.tokens_spent_milli,
+                     receivable_micro = excluded.receivable_micro,
+                     payable_micro = excluded.payable_micro,
+                     allowance_milli = excluded.allowance_milli,
+                     earned_before_epoch_milli = excluded.earned_before_epoch_milli,
+                     spent_before_epoch_milli = excluded.spent_before_epoch_milli,
+                     spent_before_epoch_bytes = excluded.spent_before_epoch_bytes,
+                     reputation_score = excluded.reputation_score,
+                     reputation_as_of_ms = excluded.reputation_as_of_ms,
+                     over_cutoff_since_ms = excluded.over_cutoff_since_ms,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(&account.neighbour_id)
+            .bind(account.tokens_earned_milli)
+            .bind(account.tokens_spent_milli)
+            .bind(account.bytes_relayed)
+            .bind(account.bytes_consumed)
+            .bind(account.reputation_modifier)
+            .bind(&account.receivable_micro)
+            .bind(&account.payable_micro)
+            .bind(account.allowance_milli)
+            .bind(account.earned_before_epoch_milli)
+            .bind(account.spent_before_epoch_milli)
+            .bind(account.spent_before_epoch_bytes)
+            .bind(account.reputation_score)
+            .bind(account.reputation_as_of_ms)
+            .bind(account.over_cutoff_since_ms)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        for iou in &rows.ious {
+            sqlx::query(
+                "INSERT INTO meshcore_ledger_ious
+                     (neighbour_id, direction, epoch, seq, cumulative_bytes,
+                      cumulative_amount_milli, iou, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (neighbour_id, direction) DO UPDATE SET
+                     epoch = excluded.epoch,
+                     seq = excluded.seq,
+                     cumulative_bytes = excluded.cumulative_bytes,
+                     cumulative_amount_milli = excluded.cumulative_amount_milli,
+                     iou = excluded.iou,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(&iou.neighbour_id)
+            .bind(&iou.direction)
+            .bind(iou.epoch)
+            .bind(iou.seq)
+            .bind(iou.cumulative_bytes)
+            .bind(iou.cumulative_amount_milli)
+            .bind(&iou.iou)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// The stored ledger: accounts by neighbour, IOUs by neighbour and direction.
+    pub async fn load_ledger(&self) -> Result<LedgerRows, StoreError> {
+        let state = sqlx::query(
+            "SELECT epoch, allowance_pool_milli, allowance_pool_as_of_ms,
+                    own_reputation_score, own_reputation_as_of_ms
+             FROM meshcore_ledger_state WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| LedgerStateRow {
+            epoch: row.get(0),
+            allowance_pool_milli: row.get(1),
+            allowance_pool_as_of_ms: row.get(2),
+            own_reputation_score: row.get(3),
+            own_reputation_as_of_ms: row.get(4),
+        });
+        let accounts = sqlx::query(
+            "SELECT node_id, tokens_earned_milli, tokens_spent_milli, bytes_relayed,
+                    bytes_consumed, reputation_score, reputation_as_of_ms, reputation_modifier,
+                    receivable_micro, payable_micro, allowance_milli,
+                    earned_before_epoch_milli, spent_before_epoch_milli,
+                    spent_before_epoch_bytes, over_cutoff_since_ms
+             FROM meshcore_bandwidth_tokens ORDER BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| LedgerAccountRow {
+            neighbour_id: row.get(0),
+            tokens_earned_milli: row.get(1),
+            tokens_spent_milli: row.get(2),
+            bytes_relayed: row.get(3),
+            bytes_consumed: row.get(4),
+            reputation_score: row.get(5),
+            reputation_as_of_ms: row.get(6),
+            reputation_modifier: row.get(7),
+            receivable_micro: row.get(8),
+            payable_micro: row.get(9),
+            allowance_milli: row.get(10),
+            earned_before_epoch_milli: row.get(11),
+            spent_before_epoch_milli: row.get(12),
+            spent_before_epoch_bytes: row.get(13),
+            over_cutoff_since_ms: row.get(14),
+        })
+        .collect();
+        let ious = sqlx::query(
+            "SELECT neighbour_id, direction, epoch, seq, cumulative_bytes,
+                    cumulative_amount_milli, iou
+             FROM meshcore_ledger_ious ORDER BY neighbour_id, direction",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| LedgerIouRow {
+            neighbour_id: row.get(0),
+            direction: row.get(1),
+            epoch: row.get(2),
+            seq: row.get(3),
+            cumulative_bytes: row.get(4),
+            cumulative_amount_milli: row.get(5),
+            iou: row.get(6),
+        })
+        .collect();
+        Ok(LedgerRows {
+            state,
+            accounts,
+            ious,
+        })
+    }
+
     /// Row counts of the mesh tables.
     pub async fn table_counts(&self) -> Result<TableCounts, StoreError> {
         let row = sqlx::query(
@@ -571,7 +833,7 @@ mod tests {
             .await
             .expect("open");
         assert_eq!(store.journal_mode().await.expect("pragma"), "wal");
-        assert_eq!(store.schema_version().await.expect("version"), 2);
+        assert_eq!(store.schema_version().await.expect("version"), 3);
         store.close().await.expect("close");
     }
 
@@ -660,6 +922,96 @@ mod tests {
         );
     }
 
+    fn account_row(neighbour: &str, earned_milli: i64) -> LedgerAccountRow {
+        LedgerAccountRow {
+            neighbour_id: neighbour.to_owned(),
+            tokens_earned_milli: earned_milli,
+            tokens_spent_milli: 2_500,
+            bytes_relayed: 1_000_000,
+            bytes_consumed: 25_000,
+            reputation_score: 500,
+            reputation_as_of_ms: 1_700_000_000_000,
+            reputation_modifier: 1.25,
+            receivable_micro: "340282366920938463463374607431768211455".to_owned(),
+            payable_micro: "0".to_owned(),
+            allowance_milli: Some(10_000),
+            earned_before_epoch_milli: 7,
+            spent_before_epoch_milli: 8,
+            spent_before_epoch_bytes: 9,
+            over_cutoff_since_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ledger_is_saved_whole_and_updated_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(DATABASE_FILE);
+        let store = Store::open(&path).await.expect("open");
+        assert_eq!(
+            store.load_ledger().await.expect("load"),
+            LedgerRows::default()
+        );
+        let iou = LedgerIouRow {
+            neighbour_id: "n1".to_owned(),
+            direction: "received".to_owned(),
+            epoch: 1_700_000_000_000,
+            seq: 3,
+            cumulative_bytes: 1_000_000,
+            cumulative_amount_milli: 100_000,
+            iou: vec![7; 160],
+        };
+        let mut rows = LedgerRows {
+            state: Some(LedgerStateRow {
+                epoch: 1_700_000_000_000,
+                allowance_pool_milli: 90_000,
+                allowance_pool_as_of_ms: 1_700_000_000_001,
+                own_reputation_score: 0,
+                own_reputation_as_of_ms: 1_700_000_000_002,
+            }),
+            accounts: vec![account_row("n1", 100_999), account_row("n2", 0)],
+            ious: vec![iou.clone()],
+        };
+        store.save_ledger(&rows, 10).await.expect("save");
+        store.close().await.expect("close");
+
+        let store = Store::open(&path).await.expect("reopen");
+        assert_eq!(store.load_ledger().await.expect("load"), rows);
+        // The seed's columns hold whole tokens.
+        let whole: (i64, i64) = sqlx::query_as(
+            "SELECT tokens_earned, tokens_spent FROM meshcore_bandwidth_tokens WHERE node_id = 'n1'",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .expect("row");
+        assert_eq!(whole, (100, 2));
+
+        // A later save updates rows in place.
+        rows.accounts[0].tokens_earned_milli = 200_000;
+        rows.ious[0].seq = 4;
+        rows.ious.push(LedgerIouRow {
+            direction: "sent".to_owned(),
+            ..iou
+        });
+        store.save_ledger(&rows, 11).await.expect("save");
+        assert_eq!(store.load_ledger().await.expect("load"), rows);
+        let bad = LedgerRows {
+            ious: vec![LedgerIouRow {
+                direction: "sideways".to_owned(),
+                ..rows.ious[0].clone()
+            }],
+            ..LedgerRows::default()
+        };
+        assert!(
+            store.save_ledger(&bad, 12).await.is_err(),
+            "the CHECK on direction refuses the row"
+        );
+        assert_eq!(
+            store.load_ledger().await.expect("load"),
+            rows,
+            "nothing changed"
+        );
+    }
+
     fn route_row(destination: &str, next_hop: &str, hop_count: i64) -> RouteRow {
         RouteRow {
             destination_id: destination.to_owned(),
@@ -702,7 +1054,7 @@ mod tests {
         store.close().await.expect("close");
 
         let store = Store::open(&path).await.expect("reopen");
-        assert_eq!(store.schema_version().await.expect("version"), 2);
+        assert_eq!(store.schema_version().await.expect("version"), 3);
         assert_eq!(store.setting_overrides().await.expect("load"), changes);
     }
 

@@ -8,6 +8,7 @@ mod peers;
 mod route;
 mod run;
 mod sim;
+mod tokens;
 
 use std::path::PathBuf;
 
@@ -52,6 +53,9 @@ pub enum Command {
     /// Send a message to another node over the mesh and wait for its acknowledgement (not
     /// end-to-end encrypted yet).
     Send(route::SendArgs),
+    /// Show a running node's relay tokens: balance, earned, spent, and per neighbour the
+    /// credit, debt and latest signed IOUs.
+    Tokens(tokens::TokensArgs),
     /// Measure the node against baselines in the same run (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run the protocol cores over thousands of simulated nodes, deterministically.
@@ -96,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dht(args) => dht::run(args),
         Command::Route(args) => route::run(args),
         Command::Send(args) => route::send(args),
+        Command::Tokens(args) => tokens::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Sim(args) => sim::run(args),
     }

@@ -76,3 +76,54 @@ fn the_route_bench_reports_every_measurement() {
     assert_eq!(report["recovery"]["runs"], 1);
     positive(&report["recovery"]["median_ms"], "recovery time");
 }
+
+#[test]
+fn the_relay_bench_reports_caps_fairness_and_relaying_off() {
+    let mut command = Command::new(common::BINARY);
+    command
+        .args([
+            "bench",
+            "relay",
+            "--cap-kib",
+            "256,512",
+            "--fair-cap-kib",
+            "512",
+        ])
+        .args([
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0.3",
+            "--message",
+            "4096",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn");
+    let (success, stdout, stderr) = common::run_to_end(command);
+    assert!(success, "bench failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(report["message_bytes"], 4096);
+    let caps = report["cap"].as_array().expect("cap rows");
+    assert_eq!(caps.len(), 2);
+    assert_eq!(caps[0]["relay_bandwidth"], 256 * 1024);
+    assert_eq!(caps[1]["relay_bandwidth"], 512 * 1024);
+    for row in caps {
+        let ratio = row["ratio"].as_f64().expect("ratio");
+        assert!(ratio.is_finite() && ratio > 0.0, "ratio {ratio}");
+    }
+    let normal = report["fairness"]["normal"]
+        .as_array()
+        .expect("normal rows");
+    assert_eq!(normal.len(), 2);
+    for row in normal {
+        assert!(row["kept"].as_f64().is_some_and(f64::is_finite), "{row}");
+    }
+    // Relaying off: nothing forwarded, whatever the timing.
+    assert_eq!(report["disabled"]["forwarded_packets"], 0);
+    assert!(
+        report["disabled"]["refused_disabled"]
+            .as_u64()
+            .expect("count")
+            >= 1
+    );
+}

@@ -123,6 +123,13 @@ async fn a_killed_node_rejoins_from_its_known_nodes_without_bootstrap() {
 
     let victim = others.pop().expect("node");
     let victim_id = victim.node_id.clone();
+    // Its known-node writer flushes every 500 ms: kill it only once both peers are stored,
+    // or the restarted node has nothing to rejoin from.
+    eventually("the victim to store both peers", || async {
+        let (_, stats) = send(http().get(victim.url("/v1/stats"))).await;
+        stats["known_nodes"].as_i64().unwrap_or(0) >= 2
+    })
+    .await;
     victim.kill_hard();
     eventually("the survivors to notice the crash", || async {
         !hub.linked_ids().await.contains(&victim_id)

@@ -458,6 +458,21 @@ impl Ledger {
         Ok(())
     }
 
+    /// Changes the terms at run time (settings `tokens_per_mb`, `payment_threshold`,
+    /// `new_neighbour_threshold`): the fee applies to forwards recorded from now on, the
+    /// thresholds to the next standing and payment decisions. Nothing recorded changes.
+    /// `new_neighbour_threshold` is kept at most `payment_threshold`.
+    pub fn set_terms(
+        &mut self,
+        tokens_per_mb: u64,
+        payment_threshold: u64,
+        new_neighbour_threshold: u64,
+    ) {
+        self.config.tokens_per_mb = tokens_per_mb;
+        self.config.payment_threshold = payment_threshold;
+        self.config.new_neighbour_threshold = new_neighbour_threshold.min(payment_threshold);
+    }
+
     /// Forgets every price `neighbour` advertised (its link went down).
     pub fn forget_prices(&mut self, neighbour: &NodeId) {
         self.prices.remove(neighbour);
@@ -537,6 +552,50 @@ impl Ledger {
         Ok(Forwarded {
             charged_per_mb,
             owed_per_mb,
+        })
+    }
+
+    /// The upstream half of [`Ledger::record_forwarded`]: charges `upstream` for `bytes` to
+    /// `destination` that this node took from it and handed to `downstream`, at
+    /// `price(D) + own fee` per MB, and counts them as relayed for it; books nothing
+    /// towards `downstream`. For a driver that books what it owes `downstream` only when
+    /// `downstream` confirms having carried the bytes (`record_forwarded(now, None,
+    /// Some(downstream), …)`), as [`Bookkeeper`](crate::ledger::Bookkeeper) does. The same
+    /// duty applies: only authenticated bytes actually handed on.
+    pub fn record_carried(
+        &mut self,
+        now: Timestamp,
+        upstream: NodeId,
+        downstream: NodeId,
+        destination: NodeId,
+        bytes: u64,
+    ) -> Result<Forwarded, LedgerError> {
+        if upstream == self.me || downstream == self.me {
+            return Err(LedgerError::OwnNode);
+        }
+        let price = self
+            .price(&downstream, &destination)
+            .ok_or(LedgerError::UnknownPrice {
+                neighbour: downstream,
+                destination,
+            })?;
+        let charged_per_mb = price.saturating_add(self.own_fee(now));
+        if !self.accounts.contains_key(&upstream) && self.accounts.len() >= self.config.max_accounts
+        {
+            return Err(LedgerError::TooManyAccounts);
+        }
+        let account = self
+            .accounts
+            .entry(upstream)
+            .or_insert_with(|| Account::new(upstream, now));
+        account.receivable_micro = account
+            .receivable_micro
+            .saturating_add(u128::from(bytes) * u128::from(charged_per_mb));
+        account.bytes_relayed = account.bytes_relayed.saturating_add(bytes);
+        self.update_cutoff_clock(now, &upstream);
+        Ok(Forwarded {
+            charged_per_mb,
+            owed_per_mb: 0,
         })
     }
 

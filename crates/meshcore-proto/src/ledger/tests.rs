@@ -101,6 +101,40 @@ fn relay_charges_upstream_price_plus_fee_and_owes_downstream_price() {
 }
 
 #[test]
+fn carried_and_consumed_halves_add_up_to_a_forward() {
+    let mut whole = path();
+    let mut halves = path();
+    let ids: Vec<NodeId> = whole.iter().map(Ledger::node_id).collect();
+    whole[1]
+        .record_forwarded(t(0), Some(ids[0]), Some(ids[2]), ids[3], 3 * MB)
+        .expect("recorded");
+    let carried = halves[1]
+        .record_carried(t(0), ids[0], ids[2], ids[3], 3 * MB)
+        .expect("charged");
+    assert_eq!(carried.charged_per_mb, 200_000);
+    assert_eq!(
+        halves[1].account(&ids[2]),
+        None,
+        "nothing booked downstream yet"
+    );
+    halves[1]
+        .record_forwarded(t(0), None, Some(ids[2]), ids[3], 3 * MB)
+        .expect("owed");
+    assert_eq!(halves[1].snapshot(), whole[1].snapshot());
+    assert_eq!(
+        halves[1].record_carried(t(0), ids[0], ids[3], ids[2], 1),
+        Err(LedgerError::UnknownPrice {
+            neighbour: ids[3],
+            destination: ids[2]
+        })
+    );
+    assert_eq!(
+        halves[1].record_carried(t(0), ids[1], ids[2], ids[3], 1),
+        Err(LedgerError::OwnNode)
+    );
+}
+
+#[test]
 fn charges_round_once_on_the_total() {
     let mut nodes = path();
     let ids: Vec<NodeId> = nodes.iter().map(Ledger::node_id).collect();

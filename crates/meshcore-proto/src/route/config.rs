@@ -66,6 +66,13 @@ pub struct RouterConfig {
     /// Fixed cost of one hop in metric units of 0.1 ms (default 100, i.e. 10 ms; at least
     /// 1 — a zero-cost link would break loop freedom — and at most 1,000,000).
     pub hop_cost: u32,
+    /// Whether this node relays for others (default true; setting `relay_enabled`, and off
+    /// while the relay budget takes no new flows). A node that does not relay neither
+    /// forwards others' route requests and replies nor announces routes to its neighbours
+    /// in hellos, so routes between other nodes form around it; it still finds routes for
+    /// itself and answers requests for itself. Changed at run time with
+    /// [`Router::set_relaying`](crate::route::Router::set_relaying).
+    pub relay: bool,
     /// Seed of the router's random number generator (hello jitter, first RREQ id).
     pub rng_seed: u64,
 }
@@ -93,6 +100,7 @@ impl RouterConfig {
             max_queued_transmits: 4096,
             max_queued_events: 1024,
             hop_cost: 100,
+            relay: true,
             rng_seed,
         }
     }

@@ -117,6 +117,20 @@ impl PacketHeader {
             .map_err(|_| HeaderError::TooShort(packet.len()))
     }
 
+    /// The source's raw key bytes, read like [`PacketHeader::peek_destination`] (length and
+    /// version checked, key not validated): what a relay needs to tell flows apart.
+    pub fn peek_source(packet: &[u8]) -> Result<&[u8; NODE_ID_LEN], HeaderError> {
+        let header = packet
+            .get(..HEADER_LEN)
+            .ok_or(HeaderError::TooShort(packet.len()))?;
+        if header[0] != HEADER_VERSION {
+            return Err(HeaderError::UnknownVersion(header[0]));
+        }
+        header[SOURCE_AT..SOURCE_AT + NODE_ID_LEN]
+            .try_into()
+            .map_err(|_| HeaderError::TooShort(packet.len()))
+    }
+
     /// Prepares `packet` to be passed on: decrements its hop limit in place and returns
     /// the new value. Refuses a packet whose hop limit is already 0. Touches nothing else.
     pub fn forward_in_place(packet: &mut [u8]) -> Result<u8, HeaderError> {
@@ -159,6 +173,11 @@ mod tests {
         let mut packet = header.encode(payload);
         assert_eq!(packet.len(), HEADER_LEN + payload.len());
         assert_eq!(PacketHeader::decode(&packet), Ok((header, &payload[..])));
+        assert_eq!(PacketHeader::peek_source(&packet), Ok(id(1).as_bytes()));
+        assert_eq!(
+            PacketHeader::peek_destination(&packet),
+            Ok(id(2).as_bytes())
+        );
         let before = packet.clone();
         assert_eq!(PacketHeader::forward_in_place(&mut packet), Ok(1));
         assert_eq!(packet[2..], before[2..]);

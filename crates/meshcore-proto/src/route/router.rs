@@ -133,6 +133,12 @@ pub struct RouteCounters {
     pub packets_unroutable: u64,
     /// Route errors about such packets not sent because of `rerr_rate_limit`.
     pub rerrs_rate_limited: u64,
+    /// Data packets the driver refused to relay ([`Router::handle_refused`]).
+    pub packets_refused: u64,
+    /// Others' route requests not forwarded because this node does not relay.
+    pub rreqs_not_relayed: u64,
+    /// Others' route replies not forwarded because this node does not relay.
+    pub rreps_not_relayed: u64,
     /// Route errors received.
     pub rerrs_received: u64,
     /// Advertisements with a bad signature or another node's signature, dropped.
@@ -410,6 +416,11 @@ impl Router {
         &self.counters
     }
 
+    /// Whether this node relays for others (see [`RouterConfig::relay`]).
+    pub fn is_relaying(&self) -> bool {
+        self.config.relay
+    }
+
     /// This node's current sequence number.
     pub fn own_seqno(&self) -> u64 {
         self.own_seqno
@@ -429,6 +440,17 @@ impl Router {
                 .get(&NodeId::lookup_key(*destination))?
                 .selected,
         )
+    }
+
+    /// The destination's id, validated when it was learned, for raw key bytes read from a
+    /// packet header, if it is a destination this router knows.
+    pub fn known_destination(
+        &self,
+        destination: &[u8; crate::identity::NODE_ID_LEN],
+    ) -> Option<NodeId> {
+        self.destinations
+            .get_key_value(&NodeId::lookup_key(*destination))
+            .map(|(id, _)| *id)
     }
 
     /// The selected route to `destination`, as of the last input.
@@ -593,34 +615,67 @@ impl Router {
     ) {
         self.housekeeping(now);
         self.counters.packets_unroutable += 1;
-        if self.links.contains_key(&from) && self.next_hop_for(destination).is_none() {
-            // A known destination's id is the table's key (checked when it was learned);
-            // other bytes are checked here.
-            let unreachable = match self
-                .destinations
-                .get_key_value(&NodeId::lookup_key(*destination))
-            {
-                Some((id, entry)) => Some(Unreachable {
-                    destination: *id,
-                    seqno: entry.latest().map_or(u64::MAX, |latest| latest.seqno),
-                }),
-                None => NodeId::from_bytes(*destination).ok().map(|id| Unreachable {
-                    destination: id,
-                    seqno: u64::MAX,
-                }),
-            };
-            if let Some(unreachable) = unreachable.filter(|u| u.destination != self.local) {
-                if self.rerr_bucket.take(now) {
-                    self.pending_rerrs
-                        .entry(from)
-                        .or_default()
-                        .push(unreachable);
-                } else {
-                    self.counters.rerrs_rate_limited += 1;
-                }
-            }
+        if self.next_hop_for(destination).is_none() {
+            self.withdraw_towards(now, from, destination);
         }
         self.finish_input();
+    }
+
+    /// The driver refused to relay a data packet for `destination` that came from the
+    /// neighbour `from` (relaying is off, or the relay budget takes no new flow). Like
+    /// [`handle_unroutable`](Self::handle_unroutable), sends `from` a RERR for the
+    /// destination — with the newest sequence number known here, so that every route `from`
+    /// learned through this node is withdrawn even though this node has one — and `from`
+    /// and the nodes behind it find another way. Shares `rerr_rate_limit` with
+    /// `handle_unroutable`.
+    pub fn handle_refused(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        destination: &[u8; crate::identity::NODE_ID_LEN],
+    ) {
+        self.housekeeping(now);
+        self.counters.packets_refused += 1;
+        self.withdraw_towards(now, from, destination);
+        self.finish_input();
+    }
+
+    /// Queues a rate-limited RERR to the neighbour `from` withdrawing `destination` (given
+    /// as raw key bytes).
+    fn withdraw_towards(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        destination: &[u8; crate::identity::NODE_ID_LEN],
+    ) {
+        if !self.links.contains_key(&from) {
+            return;
+        }
+        // A known destination's id is the table's key (checked when it was learned);
+        // other bytes are checked here.
+        let unreachable = match self
+            .destinations
+            .get_key_value(&NodeId::lookup_key(*destination))
+        {
+            Some((id, entry)) => Some(Unreachable {
+                destination: *id,
+                seqno: entry.latest().map_or(u64::MAX, |latest| latest.seqno),
+            }),
+            None => NodeId::from_bytes(*destination).ok().map(|id| Unreachable {
+                destination: id,
+                seqno: u64::MAX,
+            }),
+        };
+        if let Some(unreachable) = unreachable.filter(|u| u.destination != self.local) {
+            if self.rerr_bucket.take(now) {
+                self.pending_rerrs
+                    .entry(from)
+                    .or_default()
+                    .push(unreachable);
+            } else {
+                self.counters.rerrs_rate_limited += 1;
+            }
+        }
     }
 
     /// Runs what is due at `now`: expiry, discovery rings, hellos.
@@ -660,6 +715,13 @@ impl Router {
         let result = self.lookup(now, destination);
         self.finish_input();
         result
+    }
+
+    /// Starts or stops relaying for others (see [`RouterConfig::relay`]). Takes effect for
+    /// the next message; routes others learned through this node before are withdrawn by
+    /// [`handle_refused`](Self::handle_refused) as their packets arrive, or expire.
+    pub fn set_relaying(&mut self, relay: bool) {
+        self.config.relay = relay;
     }
 
     // ---- outputs ----
@@ -782,6 +844,11 @@ impl Router {
         match sighting {
             Sighting::First if rreq.destination == self.local => self.answer_rreq(now, &rreq),
             Sighting::First | Sighting::MoreReach
+                if rreq.destination != self.local && rreq.ttl > 1 && !self.config.relay =>
+            {
+                self.counters.rreqs_not_relayed += 1;
+            }
+            Sighting::First | Sighting::MoreReach
                 if rreq.destination != self.local && rreq.ttl > 1 =>
             {
                 self.forward_rreq(now, from, &rreq)
@@ -859,6 +926,10 @@ impl Router {
             || rrep.originator == self.local
         {
             // The originator's discovery completes in `finish_input`.
+            return;
+        }
+        if !self.config.relay {
+            self.counters.rreps_not_relayed += 1;
             return;
         }
         let (Some(next), Some(route)) = (self.next_hop(&rrep.originator), self.route(&destination))
@@ -1263,7 +1334,9 @@ impl Router {
         neighbours.truncate(MAX_HELLO_LINKS);
         let mut links = Vec::with_capacity(neighbours.len());
         for (_, neighbour, quality) in neighbours {
-            let direct = self.is_direct(&neighbour);
+            // A node that does not relay announces no routes: nobody learns a two-hop
+            // route through it.
+            let direct = self.config.relay && self.is_direct(&neighbour);
             let route = if direct {
                 self.advertise(&neighbour, &recipients)
                     .map(|(advert, metric, _)| Announcement { advert, metric })

@@ -511,6 +511,71 @@ fn route_errors_for_unroutable_packets_are_rate_limited_and_go_only_to_neighbour
     );
 }
 
+/// 0–1–4 (short) and 0–2–3–4 (long), after the first hellos; node 1 relays or not.
+fn detour(relay_at_1: bool) -> Sim {
+    let mut sim = Sim::new(5, |i| {
+        let mut config = RouterConfig::new(i as u64);
+        config.relay = i != 1 || relay_at_1;
+        config
+    });
+    for (a, b) in [(0, 1), (1, 4), (0, 2), (2, 3), (3, 4)] {
+        sim.link(a, b, good());
+    }
+    sim.run_for(Duration::from_secs(6));
+    sim
+}
+
+fn discover(sim: &mut Sim, from: usize, to: usize) {
+    let (now, target) = (sim.now, sim.ids[to]);
+    sim.routers[from].find_route(now, target).expect("started");
+    sim.collect();
+    sim.run_for(Duration::from_secs(2));
+}
+
+#[test]
+fn a_route_forms_around_a_node_that_does_not_relay() {
+    // With node 1 relaying, the short way is taken.
+    let mut relaying = detour(true);
+    discover(&mut relaying, 0, 4);
+    assert_eq!(relaying.walk(0, 4), [1, 4]);
+
+    let mut sim = detour(false);
+    assert!(!sim.routers[1].is_relaying());
+    // Node 1's hellos announce no routes: 0 learned no two-hop route to 4 through it.
+    assert_eq!(sim.routers[0].next_hop(&sim.ids[4]), None);
+    discover(&mut sim, 0, 4);
+    assert_eq!(sim.walk(0, 4), [2, 3, 4], "around node 1");
+    assert_eq!(sim.walk(4, 0), [3, 2, 0], "and back");
+    let at_1 = sim.routers[1].counters();
+    assert!(at_1.rreqs_not_relayed >= 1, "{at_1:?}");
+    assert_eq!(at_1.rreqs_forwarded, 0);
+    assert_eq!(at_1.rreps_forwarded, 0);
+    // Node 1 itself is still reachable, and still finds routes for itself.
+    discover(&mut sim, 0, 1);
+    assert_eq!(sim.walk(0, 1), [1]);
+    discover(&mut sim, 1, 3);
+    assert_eq!(sim.walk(1, 3).last(), Some(&3));
+    assert!(!sim.walk(1, 3).is_empty());
+}
+
+#[test]
+fn a_node_that_stops_relaying_withdraws_its_routes_when_a_packet_comes() {
+    let mut sim = detour(true);
+    discover(&mut sim, 0, 4);
+    assert_eq!(sim.walk(0, 4), [1, 4]);
+    sim.routers[1].set_relaying(false);
+    // The next data packet from 0 for 4 is refused at 1: a RERR goes back to 0.
+    let (now, from, target) = (sim.now, sim.ids[0], sim.ids[4]);
+    sim.routers[1].handle_refused(now, from, target.as_bytes());
+    sim.collect();
+    assert_eq!(sim.routers[1].counters().packets_refused, 1);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.walk(0, 4), [2, 3, 4], "0 rediscovered around node 1");
+    // Hellos from 1 no longer bring the route back.
+    sim.run_for(Duration::from_secs(12));
+    assert_eq!(sim.walk(0, 4), [2, 3, 4]);
+}
+
 #[test]
 fn routes_expire_after_route_timeout() {
     let config = |i: usize| {

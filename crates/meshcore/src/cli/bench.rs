@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 mod dht;
+mod relay;
 mod route;
 mod throughput;
 
@@ -111,6 +112,29 @@ enum BenchKind {
         #[arg(long)]
         json: bool,
     },
+    /// The relay budget: sources → relay → destination in one process. Forwarded
+    /// throughput against `relay_bandwidth` for each cap, the throughput two normal sources
+    /// keep when a third floods the relay, and a relay with relaying off.
+    Relay {
+        /// Caps (`relay_bandwidth`) to measure, KiB per second.
+        #[arg(long, value_delimiter = ',', default_values_t = [1024, 2048, 4096])]
+        cap_kib: Vec<u64>,
+        /// The cap of the fairness measurement, KiB per second.
+        #[arg(long, default_value_t = 2048)]
+        fair_cap_kib: u64,
+        /// Measured seconds per phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Unmeasured seconds before each phase.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Payload bytes per datagram.
+        #[arg(long, default_value_t = 8192)]
+        message: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -174,6 +198,21 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             message,
             in_flight,
             recoveries,
+            json,
+        })),
+        BenchKind::Relay {
+            cap_kib,
+            fair_cap_kib,
+            seconds,
+            warmup,
+            message,
+            json,
+        } => runtime.block_on(relay::bench(relay::RelayBenchArgs {
+            caps: cap_kib.iter().map(|kib| kib * 1024).collect(),
+            fair_cap: fair_cap_kib * 1024,
+            seconds,
+            warmup,
+            message,
             json,
         })),
     }

@@ -141,24 +141,27 @@ async fn routed_network(keys: &NodeKeypair, allowed: Vec<NodeId>) -> anyhow::Res
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
         dht_discovery: false,
         allowed_peers: allowed,
-        routing: Some(RoutingOptions {
-            max_hops: 10,
-            route_timeout: Duration::from_secs(300),
-            rng_seed: rand::random(),
-        }),
+        routing: Some(RoutingOptions::new(
+            10,
+            Duration::from_secs(300),
+            rand::random(),
+        )),
         webrtc: None,
     };
     Ok(Network::start(keys, config, Store::open_in_memory().await?).await?)
 }
 
-fn routing_of(network: &Network) -> anyhow::Result<&Routing> {
+pub(super) fn routing_of(network: &Network) -> anyhow::Result<&Routing> {
     network
         .routing()
         .ok_or_else(|| anyhow!("the network runs no routing driver"))
 }
 
 /// Nodes joined by the links `edges` (index pairs), each allowed to link only along them.
-async fn topology(nodes: usize, edges: &[(usize, usize)]) -> anyhow::Result<Vec<Network>> {
+pub(super) async fn topology(
+    nodes: usize,
+    edges: &[(usize, usize)],
+) -> anyhow::Result<Vec<Network>> {
     let keys: Vec<NodeKeypair> = (0..nodes)
         .map(|_| NodeKeypair::generate(&mut rand::rngs::OsRng))
         .collect();
@@ -195,14 +198,14 @@ async fn line(relays: usize) -> anyhow::Result<Vec<Network>> {
     topology(nodes, &edges).await
 }
 
-async fn shutdown_all(networks: Vec<Network>) {
+pub(super) async fn shutdown_all(networks: Vec<Network>) {
     for network in networks {
         network.shutdown().await;
     }
 }
 
 /// Sends until a message is acknowledged (the first finds the route), within `within`.
-async fn first_delivery(
+pub(super) async fn first_delivery(
     routing: &Routing,
     to: NodeId,
     within: Duration,
