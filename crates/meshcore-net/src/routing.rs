@@ -669,6 +669,17 @@ impl Routing {
         Ok(answer)
     }
 
+    /// Sends a command and waits for its answer.
+    async fn query<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, RouteError> {
+        self.ask(command)
+            .await?
+            .await
+            .map_err(|_| RouteError::ShuttingDown)
+    }
+
     /// The route to `destination`: the known one, or the result of a discovery started now
     /// (or already running), waiting up to `timeout`.
     pub async fn find_route(
@@ -691,10 +702,7 @@ impl Routing {
 
     /// Every selected route.
     pub async fn routes(&self) -> Result<Vec<RouteInfo>, RouteError> {
-        self.ask(Command::Routes)
-            .await?
-            .await
-            .map_err(|_| RouteError::ShuttingDown)
+        self.query(Command::Routes).await
     }
 
     /// Sends `payload` to `destination` (finding a route first if needed) and waits for
@@ -746,14 +754,12 @@ impl Routing {
                 max: MAX_PAYLOAD,
             });
         }
-        self.ask(|reply| Command::Datagram {
+        self.query(|reply| Command::Datagram {
             destination,
             payload,
             reply,
         })
         .await?
-        .await
-        .map_err(|_| RouteError::ShuttingDown)?
     }
 
     /// Changes whether this node relays and its relay budget (settings `relay_enabled`,
@@ -771,10 +777,7 @@ impl Routing {
     /// The node's tokens: balance, what each neighbour paid and was paid, credit and debt,
     /// the latest IOUs.
     pub async fn tokens(&self) -> Result<TokensInfo, RouteError> {
-        self.ask(Command::Tokens)
-            .await?
-            .await
-            .map_err(|_| RouteError::ShuttingDown)
+        self.query(Command::Tokens).await
     }
 
     /// Changes the ledger's terms (settings `tokens_per_mb`, `payment_threshold`,
@@ -788,18 +791,12 @@ impl Routing {
 
     /// The relay's budget, shares and flows.
     pub async fn relay_stats(&self) -> Result<RelayStats, RouteError> {
-        self.ask(Command::RelayStats)
-            .await?
-            .await
-            .map_err(|_| RouteError::ShuttingDown)
+        self.query(Command::RelayStats).await
     }
 
     /// The last [`RECEIVED_KEPT`] messages delivered to this node, oldest first.
     pub async fn received(&self) -> Result<Vec<ReceivedMessage>, RouteError> {
-        self.ask(Command::Received)
-            .await?
-            .await
-            .map_err(|_| RouteError::ShuttingDown)
+        self.query(Command::Received).await
     }
 
     /// Records a message that reached this node without crossing the mesh (from a browser
@@ -826,11 +823,7 @@ impl Routing {
 
     /// The driver's counters.
     pub async fn stats(&self) -> Result<RoutingStats, RouteError> {
-        let mut stats = self
-            .ask(Command::Stats)
-            .await?
-            .await
-            .map_err(|_| RouteError::ShuttingDown)?;
+        let mut stats = self.query(Command::Stats).await?;
         stats.link_changes_dropped = self
             .link_changes_dropped
             .load(std::sync::atomic::Ordering::Relaxed);

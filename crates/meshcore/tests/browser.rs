@@ -26,8 +26,7 @@ fn repo_root() -> PathBuf {
 
 /// Whether this machine can run the browser tests; prints the reason when not.
 fn can_run_browsers(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: the browser runs in a network namespace, which needs root");
+    if !can_use_namespaces(test) {
         return false;
     }
     if !Path::new("/usr/bin/chromium").exists() {
@@ -41,14 +40,7 @@ fn can_run_browsers(test: &str) -> bool {
         eprintln!("skipping {test}: web/tests/node_modules is missing (npm ci --prefix web/tests; ./scripts/test does it)");
         return false;
     }
-    let works = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !works {
-        eprintln!("skipping {test}: `ip netns` is not available (install iproute2)");
-    }
-    works
+    true
 }
 
 /// A network namespace with only loopback, deleted (with everything in it) on drop.
@@ -65,8 +57,8 @@ impl LoopbackHost {
             std::process::id() % 100_000,
             NEXT_HOST.fetch_add(1, Ordering::Relaxed)
         );
-        run_ip(&["netns", "add", &name]);
-        run_ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
         Self { name }
     }
 
@@ -139,16 +131,6 @@ impl Drop for LoopbackHost {
             .args(["netns", "del", &self.name])
             .status();
     }
-}
-
-fn run_ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn wait_with_timeout_of(

@@ -17,32 +17,6 @@ use serde_json::Value;
 
 const API: &str = "127.0.0.1:8420";
 
-/// Whether this process may create network namespaces; prints the reason when not.
-fn can_use_namespaces(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {test}: creating network namespaces needs root");
-        return false;
-    }
-    let works = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !works {
-        eprintln!("skipping {test}: `ip netns` is not available (install iproute2)");
-    }
-    works
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 fn tc(args: &[&str]) {
     let output = Command::new("tc").args(args).output().expect("run tc");
     assert!(

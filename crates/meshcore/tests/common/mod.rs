@@ -219,3 +219,33 @@ pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
     (status, body)
 }
+
+/// Whether this process may create network namespaces; prints the reason when not.
+pub fn can_use_namespaces(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping {test}: creating network namespaces needs root");
+        return false;
+    }
+    let works = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !works {
+        eprintln!("skipping {test}: `ip netns` is not available (install iproute2)");
+    }
+    works
+}
+
+/// Runs `ip ARGS…` and fails the test if it fails.
+pub fn ip(args: &[&str]) {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
