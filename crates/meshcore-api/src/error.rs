@@ -26,6 +26,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     details: Vec<FieldError>,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -36,7 +37,14 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header of `seconds` (rounded up by the caller).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// `404 not_found`.
@@ -64,7 +72,13 @@ impl IntoResponse for ApiError {
             message,
             details: self.details,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -153,6 +167,7 @@ impl From<NodeError> for ApiError {
                         .join("; ")
                 ),
                 details: errors,
+                retry_after: None,
             },
             other => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

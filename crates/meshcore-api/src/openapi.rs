@@ -56,6 +56,7 @@ use utoipa::OpenApi;
         meshcore_net::routing::Delivery,
         meshcore_net::routing::RelayStats,
         meshcore_net::routing::RelayFlowInfo,
+        meshcore_net::routing::SendLimitsInfo,
         meshcore_net::ledger::TokensInfo,
         meshcore_net::ledger::NeighbourAccount,
         meshcore_net::ledger::IouInfo,

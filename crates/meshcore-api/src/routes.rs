@@ -15,6 +15,7 @@ use meshcore_net::webrtc::BrowserSendError;
 use meshcore_net::{ConnectError, ConnectionInfo};
 use meshcore_node::settings::SettingsPatch;
 use meshcore_node::{Node, NodeInfo, NodeStats, SettingKey, Settings};
+use meshcore_proto::bandwidth::AppId;
 use meshcore_proto::NodeId;
 use serde::Deserialize;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -505,6 +506,15 @@ impl From<RouteError> for ApiError {
             RouteError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             RouteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             RouteError::Encryption(_) => (StatusCode::BAD_REQUEST, "encryption_failed"),
+            RouteError::Throttled(throttled) => {
+                let seconds = throttled.retry_after.as_millis().div_ceil(1000).max(1);
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    error.to_string(),
+                )
+                .with_retry_after(u64::try_from(seconds).unwrap_or(u64::MAX));
+            }
         };
         ApiError::new(status, code, error.to_string())
     }
@@ -582,6 +592,10 @@ pub(crate) struct MessageRequest {
     /// The message text (at most 61440 bytes). It is end-to-end encrypted: relays see only
     /// the routing header.
     payload: String,
+    /// The sending application's name (1 to 64 letters, digits, `.`, `_`, `-`, `:`), to
+    /// which `app_bandwidth` applies; default `api`.
+    #[serde(default)]
+    app: Option<String>,
 }
 
 /// Sends a message over the mesh and waits for the destination's acknowledgement. The
@@ -591,8 +605,9 @@ pub(crate) struct MessageRequest {
     request_body = MessageRequest,
     responses(
         (status = 200, description = "Delivered and acknowledged", body = Delivery),
-        (status = 400, description = "A malformed node id, this node itself, or a payload too large", body = crate::ErrorBody),
+        (status = 400, description = "A malformed node id, this node itself, a payload too large, or a bad app name", body = crate::ErrorBody),
         (status = 404, description = "No route within max_hops", body = crate::ErrorBody),
+        (status = 429, description = "Over peer_bandwidth or app_bandwidth for longer than a send waits (2 s); Retry-After says when to retry", body = crate::ErrorBody),
         (status = 503, description = "Routing is busy or stopping", body = crate::ErrorBody),
         (status = 504, description = "No acknowledgement in time", body = crate::ErrorBody),
     ))]
@@ -601,6 +616,16 @@ pub(crate) async fn send_message(
     ApiJson(request): ApiJson<MessageRequest>,
 ) -> Result<Json<Delivery>, ApiError> {
     let destination = destination_of(&request.destination)?;
+    let app = match request.app.as_deref() {
+        None => AppId::default_app(),
+        Some(name) => AppId::new(name).map_err(|error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_app",
+                format!("app: {error}"),
+            )
+        })?,
+    };
     let payload = bytes::Bytes::from(request.payload.into_bytes());
     if let Some(webrtc) = node.network().webrtc() {
         match webrtc
@@ -628,7 +653,7 @@ pub(crate) async fn send_message(
         }
     }
     let delivery = routing_of(&node)?
-        .send(destination, payload, MESSAGE_TIMEOUT)
+        .send_as(&app, destination, payload, MESSAGE_TIMEOUT)
         .await?;
     Ok(Json(delivery))
 }

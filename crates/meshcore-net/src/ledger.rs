@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 pub const LEDGER_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the routing driver needs for the ledger at start (settings `tokens_per_mb`,
-/// `payment_threshold`, `new_neighbour_threshold`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `payment_threshold`, `new_neighbour_threshold`, `token_rate`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LedgerTerms {
     /// Base relay fee, whole tokens per MB.
     pub tokens_per_mb: u64,
@@ -34,6 +34,9 @@ pub struct LedgerTerms {
     pub payment_threshold: u64,
     /// The threshold a new neighbour starts with, whole tokens.
     pub new_neighbour_threshold: u64,
+    /// Setting `token_rate`: tokens per unit of the operator's exchange currency (above 0).
+    /// Used only to show the balance in that unit; the ledger itself counts tokens.
+    pub token_rate: f64,
 }
 
 impl Default for LedgerTerms {
@@ -42,6 +45,7 @@ impl Default for LedgerTerms {
             tokens_per_mb: 100,
             payment_threshold: 100,
             new_neighbour_threshold: 10,
+            token_rate: 100.0,
         }
     }
 }
@@ -149,6 +153,11 @@ pub struct TokensInfo {
     pub payment_threshold: u64,
     /// The threshold a new neighbour starts with.
     pub new_neighbour_threshold: u64,
+    /// Setting `token_rate`: tokens per unit of the operator's exchange currency.
+    pub token_rate: f64,
+    /// The balance in that unit: `balance / 1000 / token_rate` (the balance is in
+    /// milli-tokens).
+    pub balance_value: f64,
     /// The epoch this node signs IOUs in (a start time, Unix milliseconds).
     pub epoch: u64,
     /// Bytes this node relayed whose charge waits for the next hop's first statement.
@@ -176,7 +185,7 @@ fn standing_name(standing: Standing) -> &'static str {
 }
 
 /// What `GET tokens` shows of `book` at `now`.
-pub(crate) fn tokens_info(book: &Bookkeeper, now: Timestamp) -> TokensInfo {
+pub(crate) fn tokens_info(book: &Bookkeeper, now: Timestamp, token_rate: f64) -> TokensInfo {
     let ledger = book.ledger();
     let counters = book.counters();
     let config = ledger.config();
@@ -188,9 +197,10 @@ pub(crate) fn tokens_info(book: &Bookkeeper, now: Timestamp) -> TokensInfo {
             s.saturating_add(a.tokens_spent),
         )
     });
+    let balance = i64::try_from(ledger.balance()).unwrap_or(i64::MAX);
     TokensInfo {
         node_id: ledger.node_id().to_hex(),
-        balance: i64::try_from(ledger.balance()).unwrap_or(i64::MAX),
+        balance,
         earned,
         spent,
         allowance_used: ledger.allowance_used(),
@@ -200,6 +210,8 @@ pub(crate) fn tokens_info(book: &Bookkeeper, now: Timestamp) -> TokensInfo {
         tokens_per_mb: config.tokens_per_mb,
         payment_threshold: config.payment_threshold,
         new_neighbour_threshold: config.new_neighbour_threshold,
+        token_rate,
+        balance_value: balance as f64 / 1000.0 / token_rate,
         epoch: config.epoch,
         unpriced_bytes: book.unpriced_bytes(),
         unconfirmed_bytes: book.unconfirmed_bytes(),
@@ -347,6 +359,7 @@ pub(crate) fn snapshot_of(rows: &LedgerRows) -> Result<Option<(LedgerSnapshot, u
             over_cutoff_since: row
                 .over_cutoff_since_ms
                 .map(|ms| Timestamp::from_millis(unsigned(ms))),
+            over_throttle_since: None,
         });
     }
     Ok(Some((
@@ -416,7 +429,7 @@ mod tests {
         assert_eq!(epoch, config.epoch);
         let restored = Ledger::restore(keys(1), config, snapshot).expect("restores");
         assert_eq!(restored.balance(), ledger.balance());
-        let info = tokens_info(&Bookkeeper::new(restored), t(6));
+        let info = tokens_info(&Bookkeeper::new(restored), t(6), 4.0);
         let at_b = info
             .neighbours
             .iter()
@@ -429,6 +442,8 @@ mod tests {
         assert_eq!(sent.encoded.len(), 2 * meshcore_proto::ledger::IOU_LEN);
         assert_eq!(info.earned, 1234);
         assert_eq!(i128::from(info.balance), ledger.balance());
+        assert_eq!(info.token_rate, 4.0);
+        assert_eq!(info.balance_value, info.balance as f64 / 1000.0 / 4.0);
         assert!(snapshot_of(&LedgerRows::default())
             .expect("empty is fine")
             .is_none());

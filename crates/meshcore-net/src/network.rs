@@ -1060,7 +1060,6 @@ impl Actor {
             addrs: known.addrs.iter().map(ToString::to_string).collect(),
             last_seen: unix_now() as i64,
             status: status.to_owned(),
-            reputation_score: known.reputation,
         };
         if self.persist.try_send(record).is_err() {
             tracing::debug!(%peer, "known-node writer is behind; this update is dropped");

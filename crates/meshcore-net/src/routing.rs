@@ -105,6 +105,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use meshcore_proto::bandwidth::{AppId, BandwidthConfig, BandwidthManager, Throttled};
 use meshcore_proto::e2e::{self, Receiver, ReceiverConfig, Session};
 use meshcore_proto::identity::NODE_ID_LEN;
 use meshcore_proto::ledger::{
@@ -137,6 +138,12 @@ pub const TAG_NOTICE: u8 = 0x04;
 pub const TAG_IOU: u8 = 0x05;
 /// First byte of a ledger statement (price and carried bytes).
 pub const TAG_STATEMENT: u8 = 0x06;
+
+/// The frame a message of `payload_len` bytes travels in: tag, header, initial hop limit,
+/// sealed payload.
+pub fn frame_len(payload_len: usize) -> u64 {
+    (1 + HEADER_LEN + 1 + e2e::SEAL_OVERHEAD + payload_len) as u64
+}
 
 /// Largest message a data packet carries: what end-to-end sealing accepts, within a data
 /// frame less the tag, the header, the initial-hop-limit byte and the sealing overhead.
@@ -195,11 +202,17 @@ pub struct RoutingOptions {
     pub relay_bandwidth: u64,
     /// Settings `tokens_per_mb`, `payment_threshold`, `new_neighbour_threshold`.
     pub ledger: LedgerTerms,
+    /// Setting `peer_bandwidth`: bytes per second of this node's own traffic to any one
+    /// peer (0: no limit).
+    pub peer_bandwidth: u64,
+    /// Setting `app_bandwidth`: bytes per second of this node's own traffic from any one
+    /// application (0: no limit).
+    pub app_bandwidth: u64,
 }
 
 impl RoutingOptions {
     /// The given hop limit and route lifetime, relaying on with the default budget
-    /// (5 MiB/s).
+    /// (5 MiB/s), and no limit on the node's own sends.
     pub fn new(max_hops: u32, route_timeout: Duration, rng_seed: u64) -> Self {
         Self {
             max_hops,
@@ -208,6 +221,8 @@ impl RoutingOptions {
             relay_enabled: true,
             relay_bandwidth: RelayConfig::default().bandwidth,
             ledger: LedgerTerms::default(),
+            peer_bandwidth: 0,
+            app_bandwidth: 0,
         }
     }
 }
@@ -374,9 +389,39 @@ pub enum RouteError {
     /// Too many discoveries or waiters right now.
     #[error("routing is busy: {0}; try again")]
     Busy(String),
+    /// This node's own-send limits (`peer_bandwidth`, `app_bandwidth`) hold the message
+    /// back longer than it may wait.
+    #[error("this node's own traffic is throttled: {0}")]
+    Throttled(Throttled),
     /// The node is stopping.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// This node's own-send limits and what they did, as `GET relay/stats` shows them under
+/// `own_sends`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SendLimitsInfo {
+    /// Setting `peer_bandwidth`: bytes/s to any one peer (0: no limit).
+    pub peer_bandwidth: u64,
+    /// Setting `app_bandwidth`: bytes/s from any one application (0: no limit).
+    pub app_bandwidth: u64,
+    /// Sends that went at once.
+    pub sent_at_once: u64,
+    /// Sends that waited for their limit first.
+    pub delayed: u64,
+    /// Sends refused by `peer_bandwidth` (they would have waited too long).
+    pub refused_peer: u64,
+    /// Sends refused by `app_bandwidth`.
+    pub refused_app: u64,
+    /// Sends refused because too many peers or applications were being tracked.
+    pub refused_busy: u64,
+    /// Frame bytes let through.
+    pub bytes: u64,
+    /// Peers tracked now.
+    pub peers_tracked: usize,
+    /// Applications tracked now.
+    pub apps_tracked: usize,
 }
 
 /// Running totals of the routing driver.
@@ -460,10 +505,15 @@ pub struct RelayStats {
     pub dropped_over_share: u64,
     /// Packets dropped: over the budget.
     pub dropped_over_cap: u64,
+    /// Packets dropped: their previous hop owes past the throttle line (1.25 × its payment
+    /// threshold) and is held to 32 KiB/s until it pays.
+    pub dropped_throttled: u64,
     /// Flows admitted since start.
     pub flows_started: u64,
     /// The flows now, by previous hop and source.
     pub flows: Vec<RelayFlowInfo>,
+    /// This node's own-send limits (`peer_bandwidth`, `app_bandwidth`) and what they did.
+    pub own_sends: SendLimitsInfo,
 }
 
 /// One flow through this relay.
@@ -523,6 +573,7 @@ pub struct Routing {
     received: broadcast::Sender<ReceivedMessage>,
     events: broadcast::Sender<MeshEvent>,
     link_changes_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bandwidth: std::sync::Arc<std::sync::Mutex<BandwidthManager>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -600,6 +651,7 @@ impl Routing {
             relay,
             book,
             ledger_dirty: false,
+            token_rate: options.ledger.token_rate,
             ledger_persist: ledger_tx,
             ledger_task,
             hop_limit: max_hops.saturating_sub(1),
@@ -626,6 +678,9 @@ impl Routing {
             received,
             events,
             link_changes_dropped: Default::default(),
+            bandwidth: std::sync::Arc::new(std::sync::Mutex::new(BandwidthManager::new(
+                BandwidthConfig::new(options.peer_bandwidth, options.app_bandwidth),
+            ))),
         })
     }
 
@@ -705,11 +760,25 @@ impl Routing {
         self.query(Command::Routes).await
     }
 
-    /// Sends `payload` to `destination` (finding a route first if needed) and waits for
-    /// its acknowledgement; the whole call takes at most `timeout`. The payload travels
-    /// sealed end to end for `destination` (see the module docs).
+    /// Sends `payload` to `destination` for the application [`AppId::DEFAULT`]; see
+    /// [`Routing::send_as`].
     pub async fn send(
         &self,
+        destination: NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Delivery, RouteError> {
+        self.send_as(&AppId::default_app(), destination, payload, timeout)
+            .await
+    }
+
+    /// Sends `payload` from application `app` to `destination` (finding a route first if
+    /// needed) and waits for its acknowledgement; the whole call takes at most `timeout`.
+    /// The payload travels sealed end to end for `destination` (see the module docs). The
+    /// message first waits out the node's own-send limits ([`Routing::pace`]).
+    pub async fn send_as(
+        &self,
+        app: &AppId,
         destination: NodeId,
         payload: Bytes,
         timeout: Duration,
@@ -721,6 +790,11 @@ impl Routing {
             });
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        if destination == self.local {
+            return Err(RouteError::ToSelf);
+        }
+        self.pace(app, destination, payload.len(), timeout).await?;
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.find_route(destination, timeout).await?;
         let answer = self
             .ask(|reply| Command::Send {
@@ -745,6 +819,18 @@ impl Routing {
         destination: NodeId,
         payload: Bytes,
     ) -> Result<(), RouteError> {
+        self.send_datagram_as(&AppId::default_app(), destination, payload)
+            .await
+    }
+
+    /// [`Routing::send_datagram`] for application `app`: it first waits out the node's
+    /// own-send limits ([`Routing::pace`]).
+    pub async fn send_datagram_as(
+        &self,
+        app: &AppId,
+        destination: NodeId,
+        payload: Bytes,
+    ) -> Result<(), RouteError> {
         if destination == self.local {
             return Err(RouteError::ToSelf);
         }
@@ -754,12 +840,78 @@ impl Routing {
                 max: MAX_PAYLOAD,
             });
         }
+        self.pace(app, destination, payload.len(), Duration::MAX)
+            .await?;
         self.query(|reply| Command::Datagram {
             destination,
             payload,
             reply,
         })
         .await?
+    }
+
+    /// Waits until this node's own-send limits (the [`BandwidthManager`]: `peer_bandwidth`
+    /// per destination, `app_bandwidth` per application) let a packet carrying `payload_len`
+    /// bytes go, charged as its whole frame. A send that would wait longer than the
+    /// manager's `max_delay` (2 s) or than `patience` fails at once with
+    /// [`RouteError::Throttled`] and is not charged. Only the calling task waits: other
+    /// applications and destinations are not held up.
+    pub async fn pace(
+        &self,
+        app: &AppId,
+        destination: NodeId,
+        payload_len: usize,
+        patience: Duration,
+    ) -> Result<(), RouteError> {
+        let bytes = frame_len(payload_len);
+        let verdict = self
+            .bandwidth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reserve_within(now(), app, destination, bytes, patience);
+        match verdict {
+            Ok(delay) if delay.is_zero() => Ok(()),
+            Ok(delay) => {
+                tracing::trace!(%app, %destination, ?delay, "own send paced");
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Err(throttled) => {
+                tracing::debug!(%app, %destination, %throttled, "own send refused");
+                Err(RouteError::Throttled(throttled))
+            }
+        }
+    }
+
+    /// Changes this node's own-send limits (settings `peer_bandwidth`, `app_bandwidth`), at
+    /// once.
+    pub fn set_send_limits(&self, peer_bandwidth: u64, app_bandwidth: u64) {
+        self.bandwidth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .set_rates(peer_bandwidth, app_bandwidth);
+    }
+
+    /// The own-send limits in force and their running totals.
+    pub fn send_limits(&self) -> SendLimitsInfo {
+        let manager = self
+            .bandwidth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counters = manager.counters();
+        let (peers, apps) = manager.tracked();
+        SendLimitsInfo {
+            peer_bandwidth: manager.config().peer_rate,
+            app_bandwidth: manager.config().app_rate,
+            sent_at_once: counters.sent_at_once,
+            delayed: counters.delayed,
+            refused_peer: counters.refused_peer,
+            refused_app: counters.refused_app,
+            refused_busy: counters.refused_keys,
+            bytes: counters.bytes,
+            peers_tracked: peers,
+            apps_tracked: apps,
+        }
     }
 
     /// Changes whether this node relays and its relay budget (settings `relay_enabled`,
@@ -791,7 +943,9 @@ impl Routing {
 
     /// The relay's budget, shares and flows.
     pub async fn relay_stats(&self) -> Result<RelayStats, RouteError> {
-        self.query(Command::RelayStats).await
+        let mut stats: RelayStats = self.query(Command::RelayStats).await?;
+        stats.own_sends = self.send_limits();
+        Ok(stats)
     }
 
     /// The last [`RECEIVED_KEPT`] messages delivered to this node, oldest first.
@@ -954,6 +1108,8 @@ struct Driver {
     book: Bookkeeper,
     /// The ledger changed since it was last handed to its writer.
     ledger_dirty: bool,
+    /// Setting `token_rate`, for `GET tokens`.
+    token_rate: f64,
     ledger_persist: mpsc::Sender<meshcore_store::LedgerRows>,
     ledger_task: tokio::task::JoinHandle<()>,
     /// The hop limit packets from this node start with.
@@ -1124,10 +1280,11 @@ impl Driver {
                 let _ = reply.send(self.relay_stats());
             }
             Command::Tokens(reply) => {
-                let info = crate::ledger::tokens_info(&self.book, at);
+                let info = crate::ledger::tokens_info(&self.book, at, self.token_rate);
                 let _ = reply.send(info);
             }
             Command::SetLedgerTerms(terms) => {
+                self.token_rate = terms.token_rate;
                 let (payment_threshold, new_neighbour_threshold) = terms.thresholds_milli();
                 self.book.ledger_mut().set_terms(
                     terms.tokens_per_mb,
@@ -1266,6 +1423,7 @@ impl Driver {
             refused_unpaid: counters.refused_unpaid,
             dropped_over_share: counters.dropped_over_share,
             dropped_over_cap: counters.dropped_over_cap,
+            dropped_throttled: counters.dropped_throttled,
             flows_started: counters.flows_started,
             flows: self
                 .relay
@@ -1279,6 +1437,7 @@ impl Driver {
                     bytes_dropped: flow.dropped_bytes,
                 })
                 .collect(),
+            own_sends: SendLimitsInfo::default(),
         }
     }
 
@@ -1294,10 +1453,24 @@ impl Driver {
             source: *source,
         };
         let len = out.len() as u64;
-        if self.book.standing(at, &previous_hop) == Standing::CutOff {
-            let reason = self.relay.refuse(RelayRefusal::Unpaid, len);
-            self.refuse_relay(at, previous_hop, received, reason);
-            return;
+        match self.book.standing(at, &previous_hop) {
+            Standing::CutOff => {
+                let reason = self.relay.refuse(RelayRefusal::Unpaid, len);
+                self.refuse_relay(at, previous_hop, received, reason);
+                return;
+            }
+            Standing::Throttle => {
+                if !self.relay.is_throttled(&previous_hop) {
+                    tracing::info!(neighbour = %previous_hop, "relay: throttling a neighbour past its unpaid limit");
+                }
+                self.relay.set_throttled(at, previous_hop, true);
+            }
+            Standing::Ok | Standing::Settle => {
+                if self.relay.is_throttled(&previous_hop) {
+                    tracing::info!(neighbour = %previous_hop, "relay: a neighbour paid; no longer throttled");
+                }
+                self.relay.set_throttled(at, previous_hop, false);
+            }
         }
         match self.relay.admit(at, key, len) {
             Ok(()) => {

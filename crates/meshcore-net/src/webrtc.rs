@@ -723,8 +723,9 @@ impl Driver {
                     return;
                 };
                 tokio::spawn(async move {
+                    let app = meshcore_proto::bandwidth::AppId::browser(&browser);
                     let outcome = routing
-                        .send(destination, Bytes::from(payload), MESH_SEND_TIMEOUT)
+                        .send_as(&app, destination, Bytes::from(payload), MESH_SEND_TIMEOUT)
                         .await
                         .map(|delivery| {
                             (

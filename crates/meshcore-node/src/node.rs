@@ -138,6 +138,7 @@ fn ledger_terms(settings: &Settings) -> LedgerTerms {
         tokens_per_mb: settings.tokens_per_mb,
         payment_threshold: settings.payment_threshold,
         new_neighbour_threshold: settings.new_neighbour_threshold,
+        token_rate: settings.token_rate,
     }
 }
 
@@ -194,6 +195,8 @@ impl Node {
                     relay_enabled: settings.relay_enabled,
                     relay_bandwidth: settings.relay_bandwidth,
                     ledger: ledger_terms(&settings),
+                    peer_bandwidth: settings.peer_bandwidth,
+                    app_bandwidth: settings.app_bandwidth,
                     ..RoutingOptions::new(
                         settings.max_hops,
                         Duration::from_secs(settings.route_timeout),
@@ -233,7 +236,8 @@ impl Node {
     }
 
     /// Applies settings changes to the running network: connection limits, the relay
-    /// settings (`relay_enabled`, `relay_bandwidth`) and the ledger's terms
+    /// settings (`relay_enabled`, `relay_bandwidth`), the own-send limits
+    /// (`peer_bandwidth`, `app_bandwidth`) and the ledger's terms
     /// (`tokens_per_mb`, `payment_threshold`, `new_neighbour_threshold`) at once, new
     /// bootstrap entries by dialling them.
     fn apply_settings_changes(&self) {
@@ -256,6 +260,13 @@ impl Node {
                 {
                     if let Some(routing) = network.routing() {
                         routing.set_relay(current.relay_enabled, current.relay_bandwidth);
+                    }
+                }
+                if (current.peer_bandwidth, current.app_bandwidth)
+                    != (previous.peer_bandwidth, previous.app_bandwidth)
+                {
+                    if let Some(routing) = network.routing() {
+                        routing.set_send_limits(current.peer_bandwidth, current.app_bandwidth);
                     }
                 }
                 if ledger_terms(&current) != ledger_terms(&previous) {

@@ -35,6 +35,10 @@ pub enum SettingKey {
     RelayBandwidth,
     /// `relay_enabled`
     RelayEnabled,
+    /// `peer_bandwidth`
+    PeerBandwidth,
+    /// `app_bandwidth`
+    AppBandwidth,
     /// `max_connections`
     MaxConnections,
     /// `min_connections`
@@ -77,9 +81,11 @@ pub enum SettingKey {
 
 impl SettingKey {
     /// Every setting, in documentation order.
-    pub const ALL: [SettingKey; 21] = [
+    pub const ALL: [SettingKey; 23] = [
         Self::RelayBandwidth,
         Self::RelayEnabled,
+        Self::PeerBandwidth,
+        Self::AppBandwidth,
         Self::MaxConnections,
         Self::MinConnections,
         Self::TokensPerMb,
@@ -106,6 +112,8 @@ impl SettingKey {
         match self {
             Self::RelayBandwidth => "relay_bandwidth",
             Self::RelayEnabled => "relay_enabled",
+            Self::PeerBandwidth => "peer_bandwidth",
+            Self::AppBandwidth => "app_bandwidth",
             Self::MaxConnections => "max_connections",
             Self::MinConnections => "min_connections",
             Self::TokensPerMb => "tokens_per_mb",
@@ -133,12 +141,14 @@ impl SettingKey {
         match self {
             Self::RelayBandwidth => "bytes per second this node gives to relaying others' traffic, shared fairly among the flows it carries; 0 or more (0 turns relaying off); default 5242880 (5 MiB/s); applies at once",
             Self::RelayEnabled => "whether this node relays others' traffic; when off it forwards no one else's packets or route requests, so routes form around it; true or false; default true; applies at once",
+            Self::PeerBandwidth => "bytes per second of this node's own messages to any one peer; a send over it waits (up to 2 s) or is refused with 429; 0 or more (0: no limit); default 5242880 (5 MiB/s); applies at once",
+            Self::AppBandwidth => "bytes per second of this node's own messages from any one application (the \"app\" of POST /v1/messages; each browser sending through this node is its own); 0 or more (0: no limit); default 5242880 (5 MiB/s); applies at once",
             Self::MaxConnections => "most peer links kept at once; 1 to 10000; default 50",
             Self::MinConnections => "fewest peer links the node tries to keep; 0 to max_connections; default 3",
             Self::TokensPerMb => "tokens this node charges per MB (10^6 bytes) it relays, before its reputation multiplier (1.0-1.5); 0 to 1000000000; default 100; applies at once",
             Self::PaymentThreshold => "tokens owed to a neighbour at which this node pays it with a signed IOU; a neighbour owing this node more than 1.25x it is throttled, more than 10x for 60 s cut off; 1 to 1000000000; default 100; applies at once",
             Self::NewNeighbourThreshold => "the payment threshold a new neighbour starts with, in tokens; it grows by what the neighbour has paid, up to payment_threshold; 1 to payment_threshold; default 10; applies at once",
-            Self::TokenRate => "token exchange rate; a number above 0; default 100.0",
+            Self::TokenRate => "token exchange rate: tokens per unit of the operator's currency, used to show the balance in that unit (GET /v1/tokens balance_value); a number above 0; default 100.0; applies at once",
             Self::MaxHops => "most hops a routed packet may travel (the router uses at most 32); 1 to 255; default 10; applies at the next start",
             Self::RouteTimeout => "seconds a route lives without use; 1 to 604800; default 300; applies at the next start",
             Self::StunServers => "STUN servers handed to browsers, as stun:HOST[:PORT] or stuns:HOST[:PORT]; default none",
@@ -250,6 +260,11 @@ pub struct Settings {
     pub relay_bandwidth: u64,
     /// Whether this node relays others' traffic; default true.
     pub relay_enabled: bool,
+    /// Bytes per second of own traffic to any one peer (0: no limit); default 5 MiB/s.
+    pub peer_bandwidth: u64,
+    /// Bytes per second of own traffic from any one application (0: no limit); default
+    /// 5 MiB/s.
+    pub app_bandwidth: u64,
     /// Most peer links; default 50.
     pub max_connections: u32,
     /// Fewest peer links; default 3.
@@ -295,6 +310,8 @@ impl Default for Settings {
         Self {
             relay_bandwidth: 5 * 1024 * 1024,
             relay_enabled: true,
+            peer_bandwidth: 5 * 1024 * 1024,
+            app_bandwidth: 5 * 1024 * 1024,
             max_connections: 50,
             min_connections: 3,
             tokens_per_mb: 100,
@@ -611,6 +628,14 @@ impl Settings {
             }
             SettingKey::RelayEnabled => {
                 self.relay_enabled = expect_value(key, value, "true or false")?;
+            }
+            SettingKey::PeerBandwidth => {
+                self.peer_bandwidth =
+                    expect_value(key, value, "a whole number of bytes per second, 0 or more")?;
+            }
+            SettingKey::AppBandwidth => {
+                self.app_bandwidth =
+                    expect_value(key, value, "a whole number of bytes per second, 0 or more")?;
             }
             SettingKey::MaxConnections => {
                 let n = expect_value(key, value, "a whole number from 1 to 10000")?;

@@ -41,8 +41,11 @@
 //!   neighbour's limit grows with its payment history. The payer sends an IOU once it owes
 //!   `Pₙ` ([`Ledger::poll_transmit`]; new neighbours are so paid more often). The payee
 //!   rates the neighbour by what it owes unpaid, `u` ([`Ledger::standing`]): `Ok` below
-//!   `Pₙ`, `Settle` up to `1.25 Pₙ`, `Throttle` above, `CutOff` once `u > 10 Pₙ` has held
-//!   for `cutoff_grace` (60 s).
+//!   `Pₙ`, `Settle` up to `1.25 Pₙ`, `Throttle` once `u > 1.25 Pₙ` has held for
+//!   `throttle_grace` (2 s: a burst alone, answered by an IOU, does not throttle), `CutOff`
+//!   once `u > 10 Pₙ` has held for `cutoff_grace` (60 s). The driver relays for a throttled
+//!   neighbour at most `throttled_rate` (32 KiB/s, [`crate::relay`]) and for one cut off
+//!   nothing.
 //! - **Reputation** of each neighbour (and of this node, which sets its fee) rises with
 //!   delivered traffic, falls with lost traffic, and halves every `reputation_half_life`
 //!   ([`Ledger::record_delivery`]).

@@ -8,6 +8,7 @@
 //! This is what lets the daemon and the deterministic simulator run the same code.
 //!
 //! Modules:
+//! - [`bandwidth`]: per-peer and per-application limits on the node's own sends.
 //! - [`browser`]: the browser peer protocol (WebRTC data-channel messages, DTLS fingerprint binding).
 //! - [`dht`]: the Kademlia DHT (routing table, lookups, records, the `DhtNode` state machine).
 //! - [`e2e`]: end-to-end encryption of routed payloads (X25519 + HKDF-SHA256 → AES-256-GCM, replay window).
@@ -19,6 +20,7 @@
 //! - [`route`]: the mesh router (AODV-style discovery, feasibility-checked loop freedom, hellos, Dijkstra).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod bandwidth;
 pub mod browser;
 pub mod dht;
 pub mod e2e;

@@ -13,7 +13,8 @@
 //! `meshcore_bandwidth_tokens`) plus `meshcore_settings` for runtime setting changes, and
 //! for the relay ledger `meshcore_ledger_ious` (the latest signed IOU per neighbour and
 //! direction) and `meshcore_ledger_state` (this node's epoch, allowance pool and own
-//! reputation); ledger accounts are rows of `meshcore_bandwidth_tokens`.
+//! reputation); ledger accounts are rows of `meshcore_bandwidth_tokens`, and each rated
+//! neighbour's reputation multiplier is its `meshcore_nodes.reputation_score`.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::collections::BTreeMap;
@@ -98,8 +99,6 @@ pub struct NodeRecord {
     pub last_seen: i64,
     /// `connected`, `disconnected`, `known` or `blacklisted`.
     pub status: String,
-    /// Local reputation (0.0 to 2.0).
-    pub reputation_score: f64,
 }
 
 /// A row of `meshcore_dht`: one DHT record this node holds.
@@ -355,7 +354,19 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
-    /// Inserts or updates known nodes, all in one transaction.
+    /// A node's `reputation_score`: the relay ledger's reputation multiplier for it (1.0
+    /// to 1.5), written by [`Store::save_ledger`]; 1.0 for a node the ledger never rated.
+    pub async fn node_reputation(&self, node_id: &str) -> Result<Option<f64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT reputation_score FROM meshcore_nodes WHERE node_id = ?1")
+                .bind(node_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Inserts or updates known nodes, all in one transaction. `reputation_score` is not
+    /// touched (new rows start at 1.0): the ledger owns it.
     pub async fn upsert_nodes(&self, nodes: &[NodeRecord]) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         for node in nodes {
@@ -363,21 +374,19 @@ impl Store {
             let network_info = serde_json::json!({ "addrs": node.addrs }).to_string();
             sqlx::query(
                 "INSERT INTO meshcore_nodes
-                     (node_id, public_key, capabilities, network_info, last_seen, status, reputation_score)
-                 VALUES (?1, ?1, ?2, ?3, ?4, ?5, ?6)
+                     (node_id, public_key, capabilities, network_info, last_seen, status)
+                 VALUES (?1, ?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (node_id) DO UPDATE SET
                      capabilities = excluded.capabilities,
                      network_info = excluded.network_info,
                      last_seen = MAX(last_seen, excluded.last_seen),
-                     status = excluded.status,
-                     reputation_score = excluded.reputation_score",
+                     status = excluded.status",
             )
             .bind(&node.node_id)
             .bind(capabilities)
             .bind(network_info)
             .bind(node.last_seen)
             .bind(&node.status)
-            .bind(node.reputation_score.max(0.0))
             .execute(&mut *transaction)
             .await?;
         }
@@ -389,7 +398,7 @@ impl Store {
     /// returned with empty lists rather than failing the whole load.
     pub async fn load_nodes(&self, limit: i64) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT node_id, capabilities, network_info, last_seen, status, reputation_score
+            "SELECT node_id, capabilities, network_info, last_seen, status
              FROM meshcore_nodes ORDER BY last_seen DESC LIMIT ?1",
         )
         .bind(limit)
@@ -417,7 +426,6 @@ impl Store {
                     addrs,
                     last_seen: row.get(3),
                     status: row.get(4),
-                    reputation_score: row.get(5),
                 }
             })
             .collect())
@@ -556,7 +564,9 @@ impl Store {
 
     /// Writes the ledger in one transaction: the state row, every account (inserted or
     /// updated; the seed's `tokens_earned`/`tokens_spent` in whole tokens beside the exact
-    /// milli-token columns) and the latest IOUs. `now` is Unix seconds, for `updated_at`.
+    /// milli-token columns), each account's reputation multiplier into its node's
+    /// `meshcore_nodes.reputation_score` (inserting the node if unknown) and the latest
+    /// IOUs. `now` is Unix seconds, for `updated_at`.
     pub async fn save_ledger(&self, rows: &LedgerRows, now: i64) -> Result<(), StoreError> {
         let mut transaction = self.pool.begin().await?;
         if let Some(state) = &rows.state {
@@ -628,6 +638,16 @@ impl Store {
             .bind(account.reputation_as_of_ms)
             .bind(account.over_cutoff_since_ms)
             .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "INSERT INTO meshcore_nodes (node_id, public_key, last_seen, reputation_score)
+                 VALUES (?1, ?1, ?2, ?3)
+                 ON CONFLICT (node_id) DO UPDATE SET reputation_score = excluded.reputation_score",
+            )
+            .bind(&account.neighbour_id)
+            .bind(now)
+            .bind(account.reputation_modifier.max(0.0))
             .execute(&mut *transaction)
             .await?;
         }
@@ -833,7 +853,7 @@ mod tests {
             .await
             .expect("open");
         assert_eq!(store.journal_mode().await.expect("pragma"), "wal");
-        assert_eq!(store.schema_version().await.expect("version"), 3);
+        assert_eq!(store.schema_version().await.expect("version"), 4);
         store.close().await.expect("close");
     }
 
@@ -972,6 +992,9 @@ mod tests {
             ious: vec![iou.clone()],
         };
         store.save_ledger(&rows, 10).await.expect("save");
+        // The ledger's reputation multiplier is the node's reputation_score.
+        assert_eq!(store.node_reputation("n1").await.expect("read"), Some(1.25));
+        assert_eq!(store.node_reputation("n3").await.expect("read"), None);
         store.close().await.expect("close");
 
         let store = Store::open(&path).await.expect("reopen");
@@ -1054,7 +1077,7 @@ mod tests {
         store.close().await.expect("close");
 
         let store = Store::open(&path).await.expect("reopen");
-        assert_eq!(store.schema_version().await.expect("version"), 3);
+        assert_eq!(store.schema_version().await.expect("version"), 4);
         assert_eq!(store.setting_overrides().await.expect("load"), changes);
     }
 
@@ -1103,7 +1126,6 @@ mod tests {
             addrs: vec!["127.0.0.1:7000".to_owned()],
             last_seen: seen,
             status: "known".to_owned(),
-            reputation_score: 1.0,
         };
         store
             .upsert_nodes(&[node("a", 10), node("b", 20)])

@@ -177,3 +177,94 @@ async fn a_relay_earns_what_the_originator_spends_and_stops_when_told() {
         node.terminate();
     }
 }
+
+/// The bandwidth manager between two real processes: with `app_bandwidth` lowered at run
+/// time, an application that floods is held back (`429 throttled`, `Retry-After`, the
+/// limit named) while another application's message goes through at once; the refusal is
+/// counted under `own_sends` in `GET /v1/relay/stats`; a bad application name is a 400.
+/// Rates are set so low (2,000 bytes/s against 60,000-byte messages) that the outcome does
+/// not depend on how fast the machine is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_over_its_send_limit_is_throttled_while_others_go() {
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let ids: Vec<String> = dirs.iter().map(|dir| node_id_of(dir.path())).collect();
+    let allowed_a = format!("allowed_peers={}", ids[1]);
+    let allowed_b = format!("allowed_peers={}", ids[0]);
+    let b = NodeProcess::start(
+        dirs[1].path(),
+        &["--set", &allowed_b, "--set", "min_connections=1"],
+    );
+    let bootstrap = b.address();
+    let a = NodeProcess::start(
+        dirs[0].path(),
+        &["--set", &allowed_a, "--bootstrap", &bootstrap],
+    );
+    eventually("a to link to b", || async {
+        a.linked_ids().await.contains(&ids[1])
+    })
+    .await;
+    let defaults = get(&a, "/v1/settings").await;
+    assert_eq!(defaults["app_bandwidth"], 5 * 1024 * 1024, "{defaults}");
+    assert_eq!(defaults["peer_bandwidth"], 5 * 1024 * 1024, "{defaults}");
+    let (status, body) = send(
+        http()
+            .put(a.url("/v1/settings"))
+            .json(&json!({ "app_bandwidth": 2000 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let message = |app: &str, text: &str| {
+        http()
+            .post(a.url("/v1/messages"))
+            .json(&json!({ "destination": ids[1], "payload": text, "app": app }))
+    };
+    let big = "f".repeat(60_000);
+    // The first fits the burst (at least one largest frame).
+    let (status, delivery) = send(message("flood", &big)).await;
+    assert_eq!(status, 200, "{delivery}");
+    // The second would wait about 30 s: refused at once, with when to retry.
+    let response = message("flood", &big).send().await.expect("request");
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("a Retry-After header in seconds");
+    assert!(
+        (2..=40).contains(&retry_after),
+        "retry after {retry_after} s"
+    );
+    let body: Value = response.json().await.expect("JSON error");
+    assert_eq!(body["error"], "throttled", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("app_bandwidth")),
+        "{body}"
+    );
+    // Another application is not held back by the flood.
+    let (status, delivery) = send(message("chat", "hello")).await;
+    assert_eq!(status, 200, "{delivery}");
+    assert_eq!(delivery["delivered"], true);
+
+    let stats = get(&a, "/v1/relay/stats").await;
+    let own = &stats["own_sends"];
+    assert_eq!(own["app_bandwidth"], 2000, "{stats}");
+    assert_eq!(own["refused_app"], 1, "{stats}");
+    assert_eq!(own["apps_tracked"], 2, "flood and chat: {stats}");
+
+    let (status, body) = send(message("no spaces", "x")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_app")),
+        "{body}"
+    );
+
+    for node in [a, b] {
+        node.terminate();
+    }
+}

@@ -28,6 +28,11 @@ pub struct LedgerConfig {
     /// How long a neighbour may stay more than 10 × its threshold in debt before it is cut
     /// off. Default 60 s.
     pub cutoff_grace: Duration,
+    /// How long a neighbour may stay more than 1.25 × its threshold in debt before it is
+    /// throttled: long enough for a paying neighbour to answer the relay's statements with
+    /// an IOU (statements go every 250 ms), so that a burst alone does not throttle it.
+    /// Default 2 s.
+    pub throttle_grace: Duration,
     /// The free allowance each new neighbour brings, in milli-tokens: the first this much
     /// this node owes a neighbour is covered by newly issued tokens. Default 10 000
     /// (10 tokens, 0.1 MB at the base fee).
@@ -54,6 +59,7 @@ impl LedgerConfig {
             payment_threshold: 100 * MILLI_PER_TOKEN,
             new_neighbour_threshold: 10 * MILLI_PER_TOKEN,
             cutoff_grace: Duration::from_secs(60),
+            throttle_grace: Duration::from_secs(2),
             free_allowance: 10 * MILLI_PER_TOKEN,
             allowance_pool_max: 100 * MILLI_PER_TOKEN,
             allowance_refill_per_hour: 10 * MILLI_PER_TOKEN,

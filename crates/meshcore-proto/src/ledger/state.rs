@@ -50,6 +50,9 @@ pub struct Account {
     pub spent_before_epoch: (u64, u64),
     /// Since when the neighbour has owed more than 10 × its threshold.
     pub over_cutoff_since: Option<Timestamp>,
+    /// Since when the neighbour has owed more than 1.25 × its threshold (not persisted:
+    /// after a restart its grace begins again).
+    pub over_throttle_since: Option<Timestamp>,
 }
 
 impl Account {
@@ -69,6 +72,7 @@ impl Account {
             latest_sent: None,
             spent_before_epoch: (0, 0),
             over_cutoff_since: None,
+            over_throttle_since: None,
         }
     }
 
@@ -409,23 +413,26 @@ impl Ledger {
 
     /// `neighbour`'s standing at `now`, from what it owes this node unpaid (`u`) against
     /// its threshold `Pₙ = min(P, P_new + tokens_earned)`: `Ok` if `u < Pₙ`, `Settle` if
-    /// `Pₙ ≤ u ≤ 1.25 Pₙ`, `Throttle` above that, `CutOff` once `u > 10 Pₙ` has held for
-    /// the grace period. A neighbour with no account is `Ok`.
+    /// `Pₙ ≤ u ≤ 1.25 Pₙ` (or above it for less than `throttle_grace`), `Throttle` once
+    /// `u > 1.25 Pₙ` has held for `throttle_grace`, `CutOff` once `u > 10 Pₙ` has held for
+    /// `cutoff_grace`. A neighbour with no account is `Ok`.
     pub fn standing(&self, now: Timestamp, neighbour: &NodeId) -> Standing {
         let Some(account) = self.accounts.get(neighbour) else {
             return Standing::Ok;
         };
         let unpaid = u128::from(account.unpaid_by_neighbour());
         let limit = u128::from(self.threshold(account.tokens_earned));
-        if unpaid > 10 * limit {
-            match account.over_cutoff_since {
-                Some(since) if now.saturating_duration_since(since) >= self.config.cutoff_grace => {
-                    Standing::CutOff
-                }
-                _ => Standing::Throttle,
-            }
+        let held = |since: Option<Timestamp>, grace| {
+            since.is_some_and(|since| now.saturating_duration_since(since) >= grace)
+        };
+        if unpaid > 10 * limit && held(account.over_cutoff_since, self.config.cutoff_grace) {
+            Standing::CutOff
         } else if 4 * unpaid > 5 * limit {
-            Standing::Throttle
+            if held(account.over_throttle_since, self.config.throttle_grace) {
+                Standing::Throttle
+            } else {
+                Standing::Settle
+            }
         } else if unpaid >= limit {
             Standing::Settle
         } else {
@@ -760,15 +767,18 @@ impl Ledger {
         let Some(account) = self.accounts.get(neighbour) else {
             return;
         };
-        let over = u128::from(account.unpaid_by_neighbour())
-            > 10 * u128::from(self.threshold(account.tokens_earned));
-        let since = account.over_cutoff_since;
+        let unpaid = u128::from(account.unpaid_by_neighbour());
+        let limit = u128::from(self.threshold(account.tokens_earned));
+        let clock = |over: bool, since: Option<Timestamp>| match (over, since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+        let cutoff = clock(unpaid > 10 * limit, account.over_cutoff_since);
+        let throttle = clock(4 * unpaid > 5 * limit, account.over_throttle_since);
         if let Some(account) = self.accounts.get_mut(neighbour) {
-            account.over_cutoff_since = match (over, since) {
-                (true, Some(since)) => Some(since),
-                (true, None) => Some(now),
-                (false, _) => None,
-            };
+            account.over_cutoff_since = cutoff;
+            account.over_throttle_since = throttle;
         }
     }
 }

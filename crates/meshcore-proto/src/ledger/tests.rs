@@ -375,9 +375,13 @@ fn standing_throttles_and_cuts_off_after_grace() {
     owe(&mut relay, 0, 25_000); // 12 500 = 1.25 P
     assert_eq!(relay.standing(t(0), &up), Standing::Settle);
     owe(&mut relay, 0, 10);
-    assert_eq!(relay.standing(t(0), &up), Standing::Throttle);
+    // Past 1.25 P: throttled only once that has held for the 2 s grace, so that a paying
+    // neighbour's IOU can arrive first.
+    assert_eq!(relay.standing(t(0), &up), Standing::Settle);
+    assert_eq!(relay.standing(t(1_999), &up), Standing::Settle);
+    assert_eq!(relay.standing(t(2_000), &up), Standing::Throttle);
     owe(&mut relay, 1_000, 900_000); // 102 501 > 10 P
-    assert_eq!(relay.standing(t(1_000), &up), Standing::Throttle);
+    assert_eq!(relay.standing(t(2_000), &up), Standing::Throttle);
     assert_eq!(relay.standing(t(60_999), &up), Standing::Throttle);
     assert_eq!(relay.standing(t(61_000), &up), Standing::CutOff);
     // Paying back below 10 P restarts the grace clock.

@@ -36,6 +36,9 @@ pub struct RelayConfig {
     pub flow_idle: Duration,
     /// Most refusal notices per second (default 10; the burst is the same number).
     pub notice_rate: u32,
+    /// Bytes per second relayed at most for a previous hop that is throttled for debt
+    /// ([`RelayLimiter::set_throttled`]; default 32 KiB/s).
+    pub throttled_rate: u64,
 }
 
 impl RelayConfig {
@@ -51,6 +54,7 @@ impl RelayConfig {
             max_flows_per_hop: 256,
             flow_idle: Duration::from_secs(5),
             notice_rate: 10,
+            throttled_rate: 32 * 1024,
         }
     }
 
@@ -125,20 +129,23 @@ pub enum RelayRefusal {
     OverShare,
     /// A packet beyond the relay budget: dropped.
     OverCap,
+    /// A packet from a previous hop throttled for debt, beyond `throttled_rate`: dropped.
+    Throttled,
 }
 
 impl RelayRefusal {
     /// Every reason, in code order.
-    pub const ALL: [RelayRefusal; 6] = [
+    pub const ALL: [RelayRefusal; 7] = [
         Self::Disabled,
         Self::Saturated,
         Self::TooManyFlows,
         Self::Unpaid,
         Self::OverShare,
         Self::OverCap,
+        Self::Throttled,
     ];
 
-    /// The reason's wire code (1–6).
+    /// The reason's wire code (1–7).
     pub fn code(self) -> u8 {
         match self {
             Self::Disabled => 1,
@@ -147,6 +154,7 @@ impl RelayRefusal {
             Self::Unpaid => 4,
             Self::OverShare => 5,
             Self::OverCap => 6,
+            Self::Throttled => 7,
         }
     }
 
@@ -174,6 +182,7 @@ impl RelayRefusal {
             Self::Unpaid => "unpaid",
             Self::OverShare => "over_fair_share",
             Self::OverCap => "over_relay_bandwidth",
+            Self::Throttled => "throttled_for_debt",
         }
     }
 }
@@ -187,6 +196,7 @@ impl fmt::Display for RelayRefusal {
             Self::Unpaid => "the previous hop owes the relay too much",
             Self::OverShare => "the flow is over its fair share",
             Self::OverCap => "the relay is over its bandwidth budget",
+            Self::Throttled => "the previous hop is throttled for unpaid debt",
         })
     }
 }
@@ -211,6 +221,8 @@ pub struct RelayCounters {
     pub dropped_over_share: u64,
     /// Packets dropped: over the budget.
     pub dropped_over_cap: u64,
+    /// Packets dropped: their previous hop is throttled for debt and over `throttled_rate`.
+    pub dropped_throttled: u64,
     /// Bytes of every packet refused or dropped.
     pub refused_bytes: u64,
     /// Flows admitted.
@@ -352,6 +364,8 @@ pub struct RelayLimiter {
     saturated: bool,
     window_start: Timestamp,
     notices: Bucket,
+    /// Previous hops throttled for debt, each with its bucket at `throttled_rate`.
+    throttled: BTreeMap<NodeId, Bucket>,
     counters: RelayCounters,
 }
 
@@ -372,6 +386,7 @@ impl RelayLimiter {
             saturated: false,
             window_start: now,
             notices: Bucket::full(notices, notices, now),
+            throttled: BTreeMap::new(),
             counters: RelayCounters::default(),
             config,
         })
@@ -468,13 +483,20 @@ impl RelayLimiter {
         }
         self.global.refill(now);
         let global_holds = self.global.holds(bytes);
+        let throttle = self.throttled.get_mut(&key.previous_hop);
+        let throttle_holds = throttle.is_none_or(|bucket| {
+            bucket.refill(now);
+            bucket.holds(bytes)
+        });
         let Some(flow) = self.flows.get_mut(&key) else {
             return Err(self.refuse(RelayRefusal::TooManyFlows, bytes));
         };
         flow.arrived = flow.arrived.saturating_add(bytes);
         flow.last_seen = now;
         flow.bucket.refill(now);
-        let verdict = if !flow.bucket.holds(bytes) {
+        let verdict = if !throttle_holds {
+            Err(RelayRefusal::Throttled)
+        } else if !flow.bucket.holds(bytes) {
             Err(RelayRefusal::OverShare)
         } else if !global_holds {
             Err(RelayRefusal::OverCap)
@@ -486,6 +508,9 @@ impl RelayLimiter {
             Ok(()) => {
                 flow.forwarded_bytes = flow.forwarded_bytes.saturating_add(bytes);
                 self.global.take(bytes);
+                if let Some(bucket) = self.throttled.get_mut(&key.previous_hop) {
+                    bucket.take(bytes);
+                }
                 self.counters.forwarded_packets += 1;
                 self.counters.forwarded_bytes = self.counters.forwarded_bytes.saturating_add(bytes);
                 Ok(())
@@ -507,6 +532,7 @@ impl RelayLimiter {
             RelayRefusal::Unpaid => &mut self.counters.refused_unpaid,
             RelayRefusal::OverShare => &mut self.counters.dropped_over_share,
             RelayRefusal::OverCap => &mut self.counters.dropped_over_cap,
+            RelayRefusal::Throttled => &mut self.counters.dropped_throttled,
         };
         *counter += 1;
         self.counters.refused_bytes = self.counters.refused_bytes.saturating_add(bytes);
@@ -521,6 +547,28 @@ impl RelayLimiter {
         self.global
             .reset(now, bandwidth, depth_for(bandwidth, self.config.burst));
         self.reshare(now);
+    }
+
+    /// Throttles (or stops throttling) what is relayed for `hop`, at once: while throttled,
+    /// its packets pass at most at `throttled_rate` in all (beyond their fair share's own
+    /// limit); the rest are dropped ([`RelayRefusal::Throttled`]). The driver throttles a
+    /// neighbour whose unpaid debt is past the ledger's throttle line.
+    pub fn set_throttled(&mut self, now: Timestamp, hop: NodeId, throttled: bool) {
+        if !throttled {
+            self.throttled.remove(&hop);
+        } else if !self.throttled.contains_key(&hop) && self.throttled.len() < self.config.max_flows
+        {
+            let rate = self.config.throttled_rate;
+            self.throttled.insert(
+                hop,
+                Bucket::full(rate, depth_for(rate, self.config.burst), now),
+            );
+        }
+    }
+
+    /// Whether `hop` is throttled.
+    pub fn is_throttled(&self, hop: &NodeId) -> bool {
+        self.throttled.contains_key(hop)
     }
 
     /// Whether a refusal notice may be sent now (at most `notice_rate` per second); takes

@@ -300,7 +300,7 @@ fn refusal_codes_round_trip() {
         assert!(!reason.as_str().is_empty() && !reason.to_string().is_empty());
     }
     assert_eq!(RelayRefusal::from_code(0), None);
-    assert_eq!(RelayRefusal::from_code(7), None);
+    assert_eq!(RelayRefusal::from_code(8), None);
 }
 
 #[test]
@@ -370,4 +370,39 @@ proptest! {
             prop_assert_eq!(level, capacity);
         }
     }
+}
+
+#[test]
+fn a_hop_throttled_for_debt_is_held_to_the_throttled_rate_until_released() {
+    let mut limiter = limiter(4 * MIB);
+    let throttled_rate = limiter.config().throttled_rate;
+    limiter.set_throttled(T0, ids()[0], true);
+    assert!(limiter.is_throttled(&ids()[0]));
+    let loads = [
+        Load::at_rate(flow(0, 2), MIB, 1024),
+        Load::at_rate(flow(1, 3), MIB, 1024),
+    ];
+    // 10 s, measured over the last 9 s (the first second drains the full buckets).
+    let forwarded = run(&mut limiter, &loads, 10_000, 1_000);
+    let throttled = forwarded[0] as f64 / (9.0 * throttled_rate as f64);
+    assert!(
+        (0.98..=1.02).contains(&throttled),
+        "throttled hop at {throttled} × its rate"
+    );
+    assert!(
+        forwarded[1] >= 9 * MIB,
+        "the other hop is untouched: {}",
+        forwarded[1]
+    );
+    assert!(limiter.counters().dropped_throttled > 0);
+    assert_eq!(RelayRefusal::from_code(7), Some(RelayRefusal::Throttled));
+    assert!(!RelayRefusal::Throttled.is_flow_refusal());
+
+    limiter.set_throttled(T0, ids()[0], false);
+    let dropped = limiter.counters().dropped_throttled;
+    let at = Timestamp::from_millis(T0.as_millis() + 20_000);
+    for _ in 0..64 {
+        assert_eq!(limiter.admit(at, flow(0, 2), 1024), Ok(()));
+    }
+    assert_eq!(limiter.counters().dropped_throttled, dropped);
 }

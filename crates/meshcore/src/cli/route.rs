@@ -37,6 +37,10 @@ pub struct SendArgs {
     /// The message. It is end-to-end encrypted: relays on the path see only the routing
     /// header.
     text: String,
+    /// The sending application's name, to which the node's `app_bandwidth` limit applies
+    /// (letters, digits, `.`, `_`, `-`, `:`; at most 64).
+    #[arg(long, default_value = "api")]
+    app: String,
     /// Print the node's whole answer as JSON.
     #[arg(long)]
     json: bool,
@@ -74,7 +78,7 @@ pub(super) fn run(args: RouteArgs) -> anyhow::Result<()> {
 
 pub(super) fn send(args: SendArgs) -> anyhow::Result<()> {
     let client = ApiClient::new(&args.api.api)?;
-    let body = json!({ "destination": args.node_id, "payload": args.text });
+    let body = json!({ "destination": args.node_id, "payload": args.text, "app": args.app });
     let answer = super::peers::block_on(client.request(Method::POST, "/messages", Some(&body)))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);

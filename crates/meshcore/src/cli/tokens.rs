@@ -50,8 +50,10 @@ pub(super) fn run(args: TokensArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "balance {} tokens (earned {}, spent {}, free allowance used {}, left {})",
+        "balance {} tokens = {:.4} at token_rate {} (earned {}, spent {}, free allowance used {}, left {})",
         tokens(&answer["balance"]),
+        answer["balance_value"].as_f64().unwrap_or(0.0),
+        answer["token_rate"],
         tokens(&answer["earned"]),
         tokens(&answer["spent"]),
         tokens(&answer["allowance_used"]),
