@@ -17,6 +17,8 @@
 //! - [`dht`]: the DHT driver (the Kademlia core over QUIC), record persistence and the
 //!   DHT-backed address lookup.
 //! - [`endpoint`]: building the iroh endpoint from the node key.
+//! - [`forward`]: the forwarding plane: link tasks relay packets of established flows
+//!   themselves, on the table and relay budget the routing driver shares with them.
 //! - [`link`]: the transport-agnostic [`Link`](link::LinkHandle) handle, link metrics, and the
 //!   QUIC link task (handshake, framing, ping, measurement).
 //! - [`network`]: the actor and its [`Network`](network::Network) handle.
@@ -33,6 +35,7 @@
 pub mod clock;
 pub mod dht;
 pub mod endpoint;
+pub mod forward;
 pub mod lan;
 pub mod ledger;
 pub mod link;

@@ -31,6 +31,8 @@ use meshcore_proto::link::{
 use meshcore_proto::peers::{CloseReason, Direction, LinkId};
 use meshcore_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::forward::Forwarder;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// How long each side waits for the other's `Hello`.
@@ -270,6 +272,7 @@ pub struct FrameSink {
     receiver: Arc<Mutex<Option<mpsc::Receiver<ReceivedFrame>>>>,
     attached: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
+    forwarder: Arc<std::sync::OnceLock<Arc<Forwarder>>>,
 }
 
 impl FrameSink {
@@ -281,7 +284,15 @@ impl FrameSink {
             receiver: Arc::new(Mutex::new(Some(receiver))),
             attached: Arc::new(AtomicBool::new(false)),
             dropped: Arc::new(AtomicU64::new(0)),
+            forwarder: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Lets link tasks relay routed packets themselves through `forwarder` before
+    /// delivering what is left to the consumer (see [`crate::forward`]). Set once; later
+    /// calls change nothing.
+    pub fn set_forwarder(&self, forwarder: Arc<Forwarder>) {
+        let _ = self.forwarder.set(forwarder);
     }
 
     /// Takes the receiving end; `None` if it was taken already.
@@ -298,6 +309,11 @@ impl FrameSink {
 
     /// Delivers a frame, waiting for room. `false` if the consumer is gone.
     async fn deliver(&self, frame: ReceivedFrame) -> bool {
+        if let Some(forwarder) = self.forwarder.get() {
+            if forwarder.try_forward(&frame) {
+                return true;
+            }
+        }
         if !self.attached.load(Ordering::Acquire) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return true;

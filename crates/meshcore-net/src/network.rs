@@ -324,7 +324,11 @@ impl Network {
         }
         let routing = match config.routing.clone() {
             Some(options) => match frames.take_receiver() {
-                Some(receiver) => Some(Routing::start(keys, receiver, store.clone(), options)?),
+                Some(receiver) => {
+                    let routing = Routing::start(keys, receiver, store.clone(), options)?;
+                    frames.set_forwarder(routing.forwarder());
+                    Some(routing)
+                }
                 None => None,
             },
             None => None,

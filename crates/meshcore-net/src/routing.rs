@@ -66,6 +66,30 @@
 //! around this node. Changes of `relay_enabled` and `relay_bandwidth` apply at once
 //! ([`Routing::set_relay`]). This node's own packets and packets for it are never limited.
 //!
+//! A neighbour the ledger rates [`Standing::Throttle`] (more than 1.25 × its threshold
+//! unpaid for 2 s) has what this node relays for it held to 32 KiB/s in all
+//! ([`RelayLimiter::set_throttled`]; the rest is dropped and counted,
+//! `dropped_throttled`) until it pays.
+//!
+//! # The fast path
+//!
+//! Packets of flows the limiter has already admitted are relayed by the link task that read
+//! them ([`crate::forward`]), without passing through this driver: the driver publishes
+//! its selected routes and links to the [`Forwarder`] whenever they may have changed, and
+//! the neighbours in `Throttle` or `CutOff` standing, whose packets it keeps handling
+//! itself; the relay budget is one [`RelayLimiter`] both paths share under a mutex. The
+//! link tasks book what they forwarded, and the driver hands those bookings to the ledger
+//! at its next wake-up (at most 250 ms later, always before its next statement). New
+//! flows, refusals, packets for this node and everything else still come here.
+//!
+//! # Own sends
+//!
+//! Messages and datagrams this node originates first pass its bandwidth manager
+//! ([`Routing::pace`], [`meshcore_proto::bandwidth`]): `peer_bandwidth` per destination
+//! and `app_bandwidth` per application, in the calling task, so that a flood waits (up to
+//! 2 s, or is refused with [`RouteError::Throttled`]) without holding up the driver or other
+//! senders.
+//!
 //! Datagrams ([`Routing::send_datagram`], flow [`DATAGRAM_FLOW`]) are sealed like messages
 //! but sent once and not acknowledged; the destination delivers them like messages.
 //!
@@ -102,6 +126,7 @@
 //! [`RECEIVED_KEPT`], broadcast subscribers' backlog [`RECEIVED_KEPT`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -123,6 +148,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::clock::{now, sleep_until, unix_millis};
+use crate::forward::{Forwarder, ForwardingTable};
 use crate::ledger::{LedgerTerms, TokensInfo, LEDGER_PERSIST_INTERVAL};
 use crate::link::{LinkHandle, ReceivedFrame, SendError, MAX_DATA_FRAME};
 
@@ -574,6 +600,7 @@ pub struct Routing {
     events: broadcast::Sender<MeshEvent>,
     link_changes_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     bandwidth: std::sync::Arc<std::sync::Mutex<BandwidthManager>>,
+    forwarder: Arc<Forwarder>,
 }
 
 impl std::fmt::Debug for Command {
@@ -617,6 +644,7 @@ impl Routing {
             reason: error.reason,
         })?;
         config.relay = relay.accepts_new_flows();
+        let forwarder = Arc::new(Forwarder::new(local, relay));
         let router = Router::new(
             config,
             NodeKeypair::from_signing_key(keys.signing_key().clone()),
@@ -648,7 +676,8 @@ impl Routing {
             sessions: HashMap::new(),
             opener: Receiver::new(keys, ReceiverConfig::new()),
             router,
-            relay,
+            forwarder: forwarder.clone(),
+            routes_dirty: true,
             book,
             ledger_dirty: false,
             token_rate: options.ledger.token_rate,
@@ -681,12 +710,18 @@ impl Routing {
             bandwidth: std::sync::Arc::new(std::sync::Mutex::new(BandwidthManager::new(
                 BandwidthConfig::new(options.peer_bandwidth, options.app_bandwidth),
             ))),
+            forwarder,
         })
     }
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.local
+    }
+
+    /// The forwarding plane, for the link tasks ([`crate::link::FrameSink::set_forwarder`]).
+    pub fn forwarder(&self) -> Arc<Forwarder> {
+        Arc::clone(&self.forwarder)
     }
 
     /// A link came up (the network actor calls this). Never waits; a full queue drops the
@@ -1103,7 +1138,11 @@ struct Driver {
     opener: Receiver,
     router: Router,
     /// The relay budget and its flows.
-    relay: RelayLimiter,
+    /// The forwarding plane: the relay budget it shares with the link tasks, and the
+    /// table this driver publishes to it.
+    forwarder: Arc<Forwarder>,
+    /// Routes or links may have changed since the forwarding table was published.
+    routes_dirty: bool,
     /// The relay ledger and its neighbour conversation.
     book: Bookkeeper,
     /// The ledger changed since it was last handed to its writer.
@@ -1161,10 +1200,17 @@ impl Driver {
                     None => break None,
                     Some(command) => self.on_command(command),
                 },
-                Some(change) = links.recv() => self.on_link_change(change),
+                Some(change) = links.recv() => {
+                    self.routes_dirty = true;
+                    self.on_link_change(change);
+                }
                 Some(frame) = frames.recv() => self.on_frame(frame),
-                _ = sleep_until(wake) => self.router.handle_timeout(now()),
+                _ = sleep_until(wake) => {
+                    self.routes_dirty = true;
+                    self.router.handle_timeout(now());
+                }
                 _ = metrics_tick.tick() => {
+                    self.routes_dirty = true;
                     let at = now();
                     let measured: Vec<(NodeId, LinkQuality)> = self
                         .links
@@ -1182,12 +1228,15 @@ impl Driver {
                 _ = ledger_tick.tick() => self.persist_ledger(false).await,
                 _ = retransmit_tick.tick() => {
                     self.retransmit();
-                    self.relay.handle_timeout(now());
+                    self.relay().handle_timeout(now());
                     self.sync_relaying();
+                    self.take_fast_bookings();
                     self.book.handle_timeout(now());
                 }
             }
+            self.take_fast_bookings();
             self.flush();
+            self.publish_forwarding();
             self.flush_ledger();
         };
         self.persisted = None;
@@ -1210,6 +1259,7 @@ impl Driver {
     }
 
     fn on_command(&mut self, command: Command) {
+        self.take_fast_bookings();
         let at = now();
         match command {
             Command::FindRoute(destination, reply) => {
@@ -1256,8 +1306,10 @@ impl Driver {
             }
             Command::Local(message) => self.record(message),
             Command::Stats(reply) => {
-                let relay = self.relay.counters();
+                let relay = *self.relay().counters();
+                let fast = self.forwarder.counters();
                 let _ = reply.send(RoutingStats {
+                    dropped_link: self.stats.dropped_link + fast.dropped_link,
                     relay_refused_disabled: relay.refused_disabled,
                     relay_refused_saturated: relay.refused_saturated + relay.refused_too_many_flows,
                     relay_dropped_over_share: relay.dropped_over_share,
@@ -1267,12 +1319,12 @@ impl Driver {
                 });
             }
             Command::SetRelay { enabled, bandwidth } => {
-                self.relay.set_limits(at, enabled, bandwidth);
+                self.relay().set_limits(at, enabled, bandwidth);
                 self.sync_relaying();
                 tracing::info!(
                     relay_enabled = enabled,
                     relay_bandwidth = bandwidth,
-                    relaying = self.relay.is_relaying(),
+                    relaying = self.relay().is_relaying(),
                     "relay settings applied"
                 );
             }
@@ -1391,14 +1443,82 @@ impl Driver {
         }
     }
 
+    /// The relay budget, shared with the link tasks' fast path (held briefly).
+    fn relay(&self) -> std::sync::MutexGuard<'_, RelayLimiter> {
+        self.forwarder.relay()
+    }
+
+    /// Books what the link tasks forwarded since the last call: counters and the ledger.
+    fn take_fast_bookings(&mut self) {
+        let bookings = self.forwarder.take_bookings();
+        if bookings.is_empty() {
+            return;
+        }
+        let at = now();
+        for forwarding in bookings {
+            self.stats.packets_forwarded += 1;
+            self.stats.bytes_forwarded += forwarding.bytes;
+            self.book.forwarded(
+                at,
+                Some(forwarding.previous_hop),
+                forwarding.next_hop,
+                forwarding.destination,
+                forwarding.bytes,
+            );
+        }
+    }
+
+    /// Publishes to the forwarding plane the selected routes and links (when they may have
+    /// changed) and the neighbours it must leave to this driver: those the ledger throttles
+    /// or cuts off.
+    fn publish_forwarding(&mut self) {
+        if self.routes_dirty {
+            self.routes_dirty = false;
+            let routes = self
+                .router
+                .routes()
+                .map(|route| {
+                    (
+                        *route.destination.as_bytes(),
+                        (route.destination, route.next_hop),
+                    )
+                })
+                .collect();
+            self.forwarder.publish_routes(ForwardingTable {
+                routes,
+                links: self
+                    .links
+                    .iter()
+                    .map(|(peer, link)| (*peer, link.clone()))
+                    .collect(),
+            });
+        }
+        let at = now();
+        let slow = self
+            .links
+            .keys()
+            .filter(|peer| {
+                matches!(
+                    self.book.standing(at, peer),
+                    Standing::Throttle | Standing::CutOff
+                )
+            })
+            .copied()
+            .collect();
+        self.forwarder.publish_slow(slow);
+    }
+
     /// Tells the router whether to offer this node for new routes: only while the relay
     /// budget takes new flows.
     fn sync_relaying(&mut self) {
-        let relaying = self.relay.accepts_new_flows();
+        let (relaying, saturated) = {
+            let relay = self.relay();
+            (relay.accepts_new_flows(), relay.is_saturated())
+        };
         if relaying != self.router.is_relaying() {
             tracing::info!(
                 relaying,
-                saturated = self.relay.is_saturated(),
+                saturated,
                 "routing: {} offering this node as a relay for new routes",
                 if relaying { "now" } else { "no longer" }
             );
@@ -1407,13 +1527,14 @@ impl Driver {
     }
 
     fn relay_stats(&self) -> RelayStats {
-        let counters = self.relay.counters();
+        let relay = self.relay();
+        let counters = relay.counters();
         RelayStats {
-            relaying: self.relay.is_relaying(),
-            relay_bandwidth: self.relay.config().bandwidth,
-            accepting_new_flows: self.relay.accepts_new_flows(),
-            saturated: self.relay.is_saturated(),
-            fair_share: self.relay.fair_share(),
+            relaying: relay.is_relaying(),
+            relay_bandwidth: relay.config().bandwidth,
+            accepting_new_flows: relay.accepts_new_flows(),
+            saturated: relay.is_saturated(),
+            fair_share: relay.fair_share(),
             packets_forwarded: counters.forwarded_packets,
             bytes_forwarded: counters.forwarded_bytes,
             bytes_refused: counters.refused_bytes,
@@ -1425,8 +1546,7 @@ impl Driver {
             dropped_over_cap: counters.dropped_over_cap,
             dropped_throttled: counters.dropped_throttled,
             flows_started: counters.flows_started,
-            flows: self
-                .relay
+            flows: relay
                 .flows()
                 .map(|flow| RelayFlowInfo {
                     previous_hop: flow.key.previous_hop.to_hex(),
@@ -1455,24 +1575,25 @@ impl Driver {
         let len = out.len() as u64;
         match self.book.standing(at, &previous_hop) {
             Standing::CutOff => {
-                let reason = self.relay.refuse(RelayRefusal::Unpaid, len);
+                let reason = self.relay().refuse(RelayRefusal::Unpaid, len);
                 self.refuse_relay(at, previous_hop, received, reason);
                 return;
             }
             Standing::Throttle => {
-                if !self.relay.is_throttled(&previous_hop) {
+                if !self.relay().is_throttled(&previous_hop) {
                     tracing::info!(neighbour = %previous_hop, "relay: throttling a neighbour past its unpaid limit");
                 }
-                self.relay.set_throttled(at, previous_hop, true);
+                self.relay().set_throttled(at, previous_hop, true);
             }
             Standing::Ok | Standing::Settle => {
-                if self.relay.is_throttled(&previous_hop) {
+                if self.relay().is_throttled(&previous_hop) {
                     tracing::info!(neighbour = %previous_hop, "relay: a neighbour paid; no longer throttled");
                 }
-                self.relay.set_throttled(at, previous_hop, false);
+                self.relay().set_throttled(at, previous_hop, false);
             }
         }
-        match self.relay.admit(at, key, len) {
+        let verdict = self.relay().admit(at, key, len);
+        match verdict {
             Ok(()) => {
                 let destination = PacketHeader::peek_destination(&received[1..])
                     .ok()
@@ -1629,7 +1750,7 @@ impl Driver {
             NodeId::from_bytes(*destination),
         );
         if let (Ok(source), Ok(destination)) = ids {
-            if self.relay.take_notice(at) {
+            if self.relay().take_notice(at) {
                 tracing::debug!(peer = %previous_hop, %source, %destination, %reason, "refused a flow; telling its source");
                 let notice = RelayNotice {
                     reason,
@@ -1683,7 +1804,7 @@ impl Driver {
         let Some(next) = self.router.next_hop(&notice.source) else {
             return;
         };
-        if notice.hop_limit == 0 || next == from || !self.relay.take_notice(now()) {
+        if notice.hop_limit == 0 || next == from || !self.relay().take_notice(now()) {
             return;
         }
         let notice = RelayNotice {
@@ -1785,6 +1906,7 @@ impl Driver {
         };
         let result = link.try_send_data(frame);
         if result == Err(SendError::Closed) {
+            self.routes_dirty = true;
             self.links.remove(&to);
             self.router.link_down(now(), to);
             self.book.link_down(&to);
@@ -1829,7 +1951,10 @@ impl Driver {
     fn on_frame(&mut self, frame: ReceivedFrame) {
         match frame.data.first() {
             Some(&TAG_ROUTE) => match route::decode(&frame.data[1..]) {
-                Ok(message) => self.router.handle_message(now(), frame.peer, message),
+                Ok(message) => {
+                    self.routes_dirty = true;
+                    self.router.handle_message(now(), frame.peer, message);
+                }
                 Err(error) => {
                     self.stats.frames_malformed += 1;
                     tracing::debug!(peer = %frame.peer, %error, "a route message did not decode");

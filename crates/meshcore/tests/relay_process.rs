@@ -139,6 +139,12 @@ async fn a_relay_earns_what_the_originator_spends_and_stops_when_told() {
     assert!(stdout.contains("balance"), "{stdout}");
     assert!(stdout.contains(&a_id[..16]), "{stdout}");
 
+    // r's statements for everything it carried have reached a (they go every 250 ms).
+    eventually("a to hold statements for all it handed r", || async {
+        get(&a, "/v1/tokens").await["unconfirmed_bytes"] == 0
+    })
+    .await;
+
     // Relaying off at run time: r forwards nothing more and says why.
     let (ok, _, stderr) = cli(&r.api_host_port(), &["set", "relay_enabled", "false"]);
     assert!(ok, "config set failed: {stderr}");

@@ -426,6 +426,12 @@ impl RelayLimiter {
         &self.counters
     }
 
+    /// Whether `key` is an admitted flow (a packet of it cannot be a flow refusal while
+    /// relaying is on, until it is forgotten at a window's end).
+    pub fn has_flow(&self, key: &FlowKey) -> bool {
+        self.flows.contains_key(key)
+    }
+
     /// Number of flows.
     pub fn flow_count(&self) -> usize {
         self.flows.len()
