@@ -150,8 +150,9 @@ export declare class MeshcoreP2P {
 
   /**
    * Opens a data channel to the API's node (`peerId` its id, null or omitted) or to a
-   * browser registered on its signaling socket, and resolves when it is open. Rejects when
-   * the peer's binding signature does not verify, when signaling fails, or when the channel
+   * browser registered on its signaling socket or on another node's (signaling crosses the
+   * mesh), and resolves when it is open. Rejects when the peer's binding signature does not
+   * verify, when signaling fails (`unknown_peer`: no node hosts it), or when the channel
    * does not open within 20 s. Other nodes are reached with {@link sendToPeer} through the
    * mesh. `peerInfo` is accepted for the specification's signature and not needed.
    */

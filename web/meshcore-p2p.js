@@ -275,10 +275,11 @@ export class MeshcoreP2P {
   }
 
   /**
-   * Opens a data channel to the API's node or to a browser registered on its signaling
-   * socket, and resolves when it is open (at once if it already is). Rejects when the
-   * peer's binding signature does not verify, when signaling fails, or when the channel
-   * does not open within 20 s.
+   * Opens a data channel to the API's node or to a browser — one registered on the node's
+   * signaling socket, or on another node's (the node relays the signaling across the
+   * mesh) — and resolves when it is open (at once if it already is). Rejects when the
+   * peer's binding signature does not verify, when signaling fails (e.g. `unknown_peer`:
+   * no node hosts that browser), or when the channel does not open within 20 s.
    *
    * Other nodes are not connected to: {@link MeshcoreP2P#sendToPeer} reaches them through
    * the mesh.
@@ -301,12 +302,11 @@ export class MeshcoreP2P {
       return;
     }
     const isNode = target === this.#nodeId;
-    if (!isNode && !existing && !this.#availablePeers.has(target)) {
-      throw new Error(
-        `${describePeer(target)} is neither this API's node nor a browser on its signaling ` +
-          'socket; other nodes are reached with sendToPeer through the mesh',
-      );
+    if (!isNode && !PEER_ID_PATTERN.test(target)) {
+      throw new Error(`invalid peer id ${JSON.stringify(target)}: expected 64 lowercase hex`);
     }
+    // A browser that is not on this node's signaling socket may be on another node's: the
+    // node relays the offer across the mesh, or answers unknown_peer (which fails this).
     const opened = this.#awaitOpen(target);
     if (!existing) {
       if (isNode) {
@@ -567,6 +567,16 @@ export class MeshcoreP2P {
         const link = this.#links.get(message.from);
         if (link && typeof message.candidate === 'object' && message.candidate !== null) {
           await link.addRemoteCandidate(message.candidate);
+        }
+        return;
+      }
+      case 'error': {
+        const error = new Error(`signaling error ${message.error}: ${message.message ?? ''}`);
+        const link = this.#links.get(message.to);
+        if (link && link.state !== 'open') {
+          link.close(error);
+        } else {
+          this.#report(error);
         }
         return;
       }
@@ -1706,7 +1716,10 @@ class SignalingSocket {
       }
       case 'error': {
         const error = new Error(`signaling error ${message.error}: ${message.message ?? ''}`);
-        if (this.#registered) {
+        if (this.#registered && PEER_ID_PATTERN.test(message.to ?? '')) {
+          // About one peer (unknown, busy): the client fails the connection to it.
+          this.#events.onMessage(message);
+        } else if (this.#registered) {
           this.#events.onError(error);
         } else if (first) {
           // The registration was refused: the first connect fails (and reports) with it.

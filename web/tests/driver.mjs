@@ -4,7 +4,7 @@
  * the node's WebRTC tests.
  *
  *     node web/tests/driver.mjs <scenario> --api http://127.0.0.1:PORT
- *         [--bytes N] [--to NODE_ID] [--runs N]
+ *         [--api2 http://127.0.0.1:PORT2] [--bytes N] [--to NODE_ID] [--runs N]
  *
  * Scenarios:
  *   node      open a data channel to the node; one echo; echoStream, upload and download of
@@ -12,6 +12,9 @@
  *   browsers  two browsers (separate profiles, so separate identities) on the node's
  *             signaling socket; A opens a channel to B, each sends the other one message.
  *   mesh      open a channel to the node, then send one message to --to across the mesh.
+ *   mesh-browsers  browser A on --api's node, browser B on --api2's node (two nodes linked
+ *             in a mesh): A opens a channel to B with signaling relayed across the mesh,
+ *             each sends the other one message.
  *   bench     --runs times (default 3): open, upload and download of --bytes (default
  *             32 MiB), and the same bytes between two RTCPeerConnections of one page (the
  *             baseline); medians and ratios to the baseline.
@@ -68,8 +71,8 @@ function transferTimeoutMs(bytes) {
 }
 
 const USAGE =
-  'usage: node driver.mjs <node|browsers|mesh|bench> --api http://127.0.0.1:PORT ' +
-  '[--bytes N] [--to NODE_ID] [--runs N]';
+  'usage: node driver.mjs <node|browsers|mesh|mesh-browsers|bench> --api http://127.0.0.1:PORT ' +
+  '[--api2 http://127.0.0.1:PORT2] [--bytes N] [--to NODE_ID] [--runs N]';
 
 /** A scenario's expected failure: reported as `{"ok": false, "error": message}`. */
 class ScenarioError extends Error {}
@@ -354,6 +357,61 @@ async function meshScenario(launch, { to }) {
 }
 
 /**
+ * @param {(label: string, origin?: string) => Promise<ClientBrowser>} launch
+ * @param {{origin2: string}} options
+ */
+async function meshBrowsersScenario(launch, { origin2 }) {
+  const [a, b] = await Promise.all([launch('A'), launch('B', origin2)]);
+  const [idA, idB] = await Promise.all([a.startClient('driver-a'), b.startClient('driver-b')]);
+  if (idA.nodeId === idB.nodeId) {
+    throw new ScenarioError('--api and --api2 are the same node');
+  }
+  // B's node announces B in the DHT when B registers; until that is done (and found), A's
+  // node answers unknown_peer, and A tries again.
+  const { openMs, attempts } = await a.run(
+    'connecting to B on the other node',
+    MESH_TIMEOUT_MS,
+    async (peerId) => {
+      const { client } = window.meshcoreTest;
+      const deadline = performance.now() + 60_000;
+      const started = performance.now();
+      for (let attempts = 1; ; attempts += 1) {
+        try {
+          await client.connectToPeer(peerId);
+          return { openMs: performance.now() - started, attempts };
+        } catch (error) {
+          if (!String(error.message).includes('unknown_peer') || performance.now() > deadline) {
+            throw error;
+          }
+          await new Promise((resolve) => setTimeout(resolve, 500));
+        }
+      }
+    },
+    idB.peerId,
+  );
+  const aToB = await a.run('sending to B', MESSAGE_TIMEOUT_MS, (peerId) =>
+    window.meshcoreTest.client.sendToPeer(peerId, { text: 'hi from A across the mesh' }), idB.peerId);
+  const bGot = await b.nextMessage();
+  requireMessage('B', bGot, idA.peerId, 'hi from A across the mesh');
+  const bToA = await b.run('replying to A', MESSAGE_TIMEOUT_MS, (peerId) =>
+    window.meshcoreTest.client.sendToPeer(peerId, { text: 'hi from B' }), idA.peerId);
+  const aGot = await a.nextMessage();
+  requireMessage('A', aGot, idB.peerId, 'hi from B');
+  return {
+    open_ms: round(openMs),
+    attempts,
+    a_id: idA.peerId,
+    a_node: idA.nodeId,
+    b_id: idB.peerId,
+    b_node: idB.nodeId,
+    a_got: aGot,
+    b_got: bGot,
+    a_to_b: aToB,
+    b_to_a: bToA,
+  };
+}
+
+/**
  * @param {(label: string) => Promise<ClientBrowser>} launch
  * @param {{bytes: number, runs: number}} options
  */
@@ -512,10 +570,11 @@ const SCENARIOS = {
   node: { run: nodeScenario, defaultBytes: 10_000_000 },
   browsers: { run: browsersScenario, defaultBytes: 0 },
   mesh: { run: meshScenario, defaultBytes: 0 },
+  'mesh-browsers': { run: meshBrowsersScenario, defaultBytes: 0 },
   bench: { run: benchScenario, defaultBytes: 32 * 1024 * 1024 },
 };
 
-/** @returns {{scenario: string, origin: string, bytes: number, to: string | undefined, runs: number}} */
+/** @returns {{scenario: string, origin: string, origin2: string | undefined, bytes: number, to: string | undefined, runs: number}} */
 function parseCommandLine() {
   let parsed;
   try {
@@ -523,6 +582,7 @@ function parseCommandLine() {
       allowPositionals: true,
       options: {
         api: { type: 'string' },
+        api2: { type: 'string' },
         bytes: { type: 'string' },
         to: { type: 'string' },
         runs: { type: 'string' },
@@ -547,7 +607,15 @@ function parseCommandLine() {
   if (scenario === 'mesh' && !/^[0-9a-f]{64}$/.test(values.to ?? '')) {
     throw new ScenarioError('the mesh scenario needs --to NODE_ID (64 lowercase hex)');
   }
-  return { scenario, origin, bytes, to: values.to, runs };
+  let origin2;
+  if (scenario === 'mesh-browsers') {
+    try {
+      origin2 = new URL(values.api2 ?? '').origin;
+    } catch {
+      throw new ScenarioError('the mesh-browsers scenario needs --api2 http://127.0.0.1:PORT (the second node)');
+    }
+  }
+  return { scenario, origin, origin2, bytes, to: values.to, runs };
 }
 
 function positiveInteger(name, text, fallback) {
@@ -571,10 +639,10 @@ async function main() {
   const options = parseCommandLine();
   const flags = await disabledFeaturesSwitches();
   const browsers = [];
-  const launch = async (label) => {
+  const launch = async (label, origin = options.origin) => {
     const browser = new ClientBrowser(label);
     browsers.push(browser);
-    await browser.start(options.origin, flags);
+    await browser.start(origin, flags);
     return browser;
   };
   try {

@@ -10,6 +10,8 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meshcore_net::webrtc::mesh_signal::PRESENCE_REFRESH;
+use meshcore_net::webrtc::signal::SignalError;
 use meshcore_net::webrtc::{OfferError, WebRtc};
 use meshcore_node::Node;
 use meshcore_proto::browser::signal_hello_text;
@@ -298,8 +300,11 @@ async fn signal_session(mut socket: WebSocket, node_id: NodeId, webrtc: WebRtc) 
         return;
     }
     tracing::debug!(browser = %peer, "browser registered for signaling");
+    // Browsers on other nodes find this one through the DHT (see mesh_signal).
+    let mut presence = tokio::time::interval(PRESENCE_REFRESH);
     loop {
         tokio::select! {
+            _ = presence.tick() => webrtc.announce_browser(peer),
             outgoing = inbox.recv() => match outgoing {
                 Some(text) => {
                     if socket.send(Message::Text(text.into())).await.is_err() {
@@ -373,11 +378,32 @@ async fn relay(text: &str, from: NodeId, node_id: NodeId, webrtc: &WebRtc) -> Re
     }
     message.insert("from".to_owned(), Value::String(from.to_hex()));
     let text = Value::Object(message).to_string();
-    webrtc.signal().deliver(to, text).map_err(|error| {
-        let mut reply = json!({ "type": "error", "error": "unknown_peer", "message": error.to_string(), "to": to.to_hex() });
-        if let meshcore_net::webrtc::signal::SignalError::Full(_) = error {
-            reply["error"] = Value::String("peer_busy".to_owned());
+    match webrtc.signal().deliver(to, text.clone()) {
+        Ok(()) => Ok(()),
+        Err(SignalError::Full(_)) => Err(signal_error(
+            "peer_busy",
+            format!("the signaling queue of {to} is full"),
+            to,
+        )),
+        // Not registered here: the node that announced it in the DHT gets it.
+        Err(SignalError::UnknownPeer(_) | SignalError::TooMany) => {
+            match webrtc.signal_across_mesh(to, text).await {
+                Ok(gateway) => {
+                    tracing::debug!(%from, %to, %gateway, kind, "signaling relayed across the mesh");
+                    Ok(())
+                }
+                Err(reason) => Err(signal_error(
+                    "unknown_peer",
+                    format!("no browser {to} is registered on this node, and the mesh did not reach one: {reason}"),
+                    to,
+                )),
+            }
         }
-        Message::Text(reply.to_string().into())
-    })
+    }
+}
+
+/// A signaling error about the browser `to`.
+fn signal_error(code: &str, message: String, to: NodeId) -> Message {
+    let reply = json!({ "type": "error", "error": code, "message": message, "to": to.to_hex() });
+    Message::Text(reply.to_string().into())
 }

@@ -335,7 +335,7 @@ impl Network {
         };
         let webrtc = match &config.webrtc {
             Some(options) => Some(
-                WebRtc::start(keys, options.clone(), routing.clone())
+                WebRtc::start(keys, options.clone(), routing.clone(), Some(dht.clone()))
                     .await
                     .map_err(|source| NetworkError::WebRtc {
                         addr: options.bind,

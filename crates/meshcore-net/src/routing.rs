@@ -191,6 +191,11 @@ pub const MESSAGE_FLOW: u32 = 1;
 /// Flow id of datagrams sent with [`Routing::send_datagram`]: never acknowledged.
 pub const DATAGRAM_FLOW: u32 = 2;
 
+/// Flow id of browser signaling one node relays to another ([`Routing::send_signal`]):
+/// acknowledged like messages, but delivered to [`Routing::signals`] subscribers instead of
+/// the received messages and events.
+pub const SIGNAL_FLOW: u32 = 3;
+
 /// Commands waiting for the driver.
 pub const COMMAND_QUEUE: usize = 1024;
 /// Link changes waiting for the driver.
@@ -565,6 +570,7 @@ enum Command {
     Send {
         destination: NodeId,
         payload: Bytes,
+        flow: u32,
         reply: oneshot::Sender<Result<Delivery, RouteError>>,
     },
     Datagram {
@@ -601,6 +607,7 @@ pub struct Routing {
     link_changes_dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     bandwidth: std::sync::Arc<std::sync::Mutex<BandwidthManager>>,
     forwarder: Arc<Forwarder>,
+    signals: broadcast::Sender<ReceivedMessage>,
 }
 
 impl std::fmt::Debug for Command {
@@ -654,6 +661,7 @@ impl Routing {
         let (links_tx, links_rx) = mpsc::channel(LINK_QUEUE);
         let (received, _) = broadcast::channel(RECEIVED_KEPT);
         let (events, _) = broadcast::channel(RECEIVED_KEPT);
+        let (signals, _) = broadcast::channel(RECEIVED_KEPT);
         let mut ledger_config = LedgerConfig::new();
         ledger_config.epoch = now().as_millis();
         let (payment_threshold, new_neighbour_threshold) = options.ledger.thresholds_milli();
@@ -681,6 +689,7 @@ impl Routing {
             book,
             ledger_dirty: false,
             token_rate: options.ledger.token_rate,
+            signals: signals.clone(),
             ledger_persist: ledger_tx,
             ledger_task,
             hop_limit: max_hops.saturating_sub(1),
@@ -711,12 +720,19 @@ impl Routing {
                 BandwidthConfig::new(options.peer_bandwidth, options.app_bandwidth),
             ))),
             forwarder,
+            signals,
         })
     }
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.local
+    }
+
+    /// Browser signaling other nodes relay to this one ([`Routing::send_signal`]), as it
+    /// arrives; a subscriber that falls behind misses the oldest.
+    pub fn signals(&self) -> broadcast::Receiver<ReceivedMessage> {
+        self.signals.subscribe()
     }
 
     /// The forwarding plane, for the link tasks ([`crate::link::FrameSink::set_forwarder`]).
@@ -818,6 +834,33 @@ impl Routing {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Delivery, RouteError> {
+        self.send_on_flow(app, MESSAGE_FLOW, destination, payload, timeout)
+            .await
+    }
+
+    /// Sends a browser signaling message (`payload`, JSON text) to the node `destination`
+    /// like [`Routing::send`], on [`SIGNAL_FLOW`], so that it reaches that node's
+    /// [`Routing::signals`] subscribers rather than its received messages. Charged to the
+    /// application `signal`.
+    pub async fn send_signal(
+        &self,
+        destination: NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Delivery, RouteError> {
+        let app = AppId::new("signal").map_err(|error| RouteError::Busy(error.to_string()))?;
+        self.send_on_flow(&app, SIGNAL_FLOW, destination, payload, timeout)
+            .await
+    }
+
+    async fn send_on_flow(
+        &self,
+        app: &AppId,
+        flow: u32,
+        destination: NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Delivery, RouteError> {
         if payload.len() > MAX_PAYLOAD {
             return Err(RouteError::PayloadTooLarge {
                 len: payload.len(),
@@ -835,6 +878,7 @@ impl Routing {
             .ask(|reply| Command::Send {
                 destination,
                 payload,
+                flow,
                 reply,
             })
             .await?;
@@ -1126,6 +1170,8 @@ struct PendingAck {
     /// The message, kept to send it again (sealed afresh, same sequence) until it is
     /// acknowledged or its caller gives up.
     payload: Bytes,
+    /// Its flow id ([`MESSAGE_FLOW`] or [`SIGNAL_FLOW`]).
+    flow: u32,
     last_sent: tokio::time::Instant,
 }
 
@@ -1149,6 +1195,8 @@ struct Driver {
     ledger_dirty: bool,
     /// Setting `token_rate`, for `GET tokens`.
     token_rate: f64,
+    /// Browser signaling relayed to this node by others ([`SIGNAL_FLOW`]).
+    signals: broadcast::Sender<ReceivedMessage>,
     ledger_persist: mpsc::Sender<meshcore_store::LedgerRows>,
     ledger_task: tokio::task::JoinHandle<()>,
     /// The hop limit packets from this node start with.
@@ -1292,8 +1340,9 @@ impl Driver {
             Command::Send {
                 destination,
                 payload,
+                flow,
                 reply,
-            } => self.send_message(destination, payload, reply),
+            } => self.send_message(destination, payload, flow, reply),
             Command::Datagram {
                 destination,
                 payload,
@@ -1358,6 +1407,7 @@ impl Driver {
         &mut self,
         destination: NodeId,
         payload: Bytes,
+        flow: u32,
         reply: oneshot::Sender<Result<Delivery, RouteError>>,
     ) {
         self.forget_abandoned();
@@ -1377,7 +1427,7 @@ impl Driver {
         self.next_sequence = self.next_sequence.wrapping_add(1);
         let header = PacketHeader {
             hop_limit: self.hop_limit,
-            flow_id: MESSAGE_FLOW,
+            flow_id: flow,
             sequence,
             source: self.local,
             destination,
@@ -1400,6 +1450,7 @@ impl Driver {
                         sent: now,
                         reply,
                         payload,
+                        flow,
                         last_sent: now,
                     },
                 );
@@ -1820,13 +1871,20 @@ impl Driver {
     fn retransmit(&mut self) {
         self.forget_abandoned();
         let now = tokio::time::Instant::now();
-        let due: Vec<(u64, NodeId, Bytes)> = self
+        let due: Vec<(u64, NodeId, Bytes, u32)> = self
             .pending_acks
             .iter()
             .filter(|(_, pending)| now.duration_since(pending.last_sent) >= RETRANSMIT_AFTER)
-            .map(|(sequence, pending)| (*sequence, pending.destination, pending.payload.clone()))
+            .map(|(sequence, pending)| {
+                (
+                    *sequence,
+                    pending.destination,
+                    pending.payload.clone(),
+                    pending.flow,
+                )
+            })
             .collect();
-        for (sequence, destination, payload) in due {
+        for (sequence, destination, payload, flow) in due {
             if let Some(pending) = self.pending_acks.get_mut(&sequence) {
                 pending.last_sent = now;
             }
@@ -1836,7 +1894,7 @@ impl Driver {
             };
             let header = PacketHeader {
                 hop_limit: self.hop_limit,
-                flow_id: MESSAGE_FLOW,
+                flow_id: flow,
                 sequence,
                 source: self.local,
                 destination,
@@ -2082,8 +2140,13 @@ impl Driver {
             self.record(message);
             return;
         }
-        tracing::info!(source = %message.source, hops, bytes = message.payload.len(), "message received");
-        self.record(message);
+        if header.flow_id == SIGNAL_FLOW {
+            tracing::debug!(source = %message.source, hops, bytes = message.payload.len(), "browser signaling received");
+            let _ = self.signals.send(message);
+        } else {
+            tracing::info!(source = %message.source, hops, bytes = message.payload.len(), "message received");
+            self.record(message);
+        }
         self.acknowledge(&header, hops);
     }
 

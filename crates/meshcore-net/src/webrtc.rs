@@ -19,6 +19,7 @@
 //! [`IDLE_TIMEOUT`] is dropped; a browser that lets [`session::MAX_QUEUED_BYTES`] pile up
 //! is dropped.
 
+pub mod mesh_signal;
 pub mod session;
 pub mod signal;
 
@@ -35,8 +36,10 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::dht::Dht;
 use crate::network::ConnectionInfo;
 use crate::routing::{ReceivedMessage, Routing};
+pub use mesh_signal::MeshSignal;
 pub use session::BrowserSendError;
 use session::{Action, Session};
 pub use signal::SignalHub;
@@ -162,15 +165,18 @@ pub struct WebRtc {
     addrs: Arc<Vec<SocketAddr>>,
     commands: mpsc::Sender<Command>,
     signal: SignalHub,
+    mesh: Option<Arc<MeshSignal>>,
 }
 
 impl WebRtc {
     /// Binds the sockets and starts the driver. `routing` carries browsers' mesh messages
-    /// and receives their messages to this node.
+    /// and receives their messages to this node; with `dht` too, signaling crosses the mesh
+    /// ([`mesh_signal`]).
     pub async fn start(
         keys: &NodeKeypair,
         options: WebRtcOptions,
         routing: Option<Routing>,
+        dht: Option<Dht>,
     ) -> std::io::Result<Self> {
         let sockets = bind_sockets(options.bind).await?;
         let addrs: Vec<SocketAddr> = sockets
@@ -187,6 +193,21 @@ impl WebRtc {
         }
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (results_tx, results_rx) = mpsc::channel(COMMAND_QUEUE);
+        let signal = SignalHub::default();
+        let mesh = match (&routing, dht) {
+            (Some(routing), Some(dht)) => {
+                tokio::spawn(mesh_signal::deliver_incoming(
+                    routing.signals(),
+                    signal.clone(),
+                ));
+                Some(Arc::new(MeshSignal::new(
+                    keys.node_id(),
+                    routing.clone(),
+                    dht,
+                )))
+            }
+            _ => None,
+        };
         let driver = Driver {
             local: keys.node_id(),
             keys: NodeKeypair::from_signing_key(keys.signing_key().clone()),
@@ -204,8 +225,26 @@ impl WebRtc {
             local: keys.node_id(),
             addrs: Arc::new(addrs),
             commands: commands_tx,
-            signal: SignalHub::default(),
+            signal,
+            mesh,
         })
+    }
+
+    /// Announces in the DHT that `browser` registered on this node's signaling socket, so
+    /// that browsers on other nodes can signal to it. Does nothing without routing and DHT.
+    pub fn announce_browser(&self, browser: NodeId) {
+        if let Some(mesh) = &self.mesh {
+            mesh.announce(browser);
+        }
+    }
+
+    /// Sends a signaling message for a browser registered on another node to that node
+    /// (found through the DHT); returns it. `Err` says why not.
+    pub async fn signal_across_mesh(&self, to: NodeId, text: String) -> Result<NodeId, String> {
+        match &self.mesh {
+            Some(mesh) => mesh.forward(to, text).await,
+            None => Err("this node runs no routing or DHT to reach other nodes".to_owned()),
+        }
     }
 
     /// The UDP addresses browsers reach this node on.

@@ -206,6 +206,33 @@ fn two_pages_talk_directly_after_signaling_through_the_node() {
 }
 
 #[test]
+fn pages_on_two_nodes_talk_directly_after_signaling_across_the_mesh() {
+    if !can_run_browsers("pages_on_two_nodes_talk_directly_after_signaling_across_the_mesh") {
+        return;
+    }
+    let host = LoopbackHost::new();
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let first = host.node(dirs[0].path(), &[]);
+    let second = host.node(dirs[1].path(), &["--bootstrap", &first.address()]);
+    // A on the first node, B on the second: B's node announces B in the DHT, A's node finds
+    // it there and relays A's offer and candidates, and B's answer comes back the same way.
+    let report = host.drive("mesh-browsers", &first.api, &["--api2", &second.api]);
+    assert_eq!(report["a_node"], first.node_id.as_str(), "{report}");
+    assert_eq!(report["b_node"], second.node_id.as_str(), "{report}");
+    assert_eq!(report["a_to_b"]["delivered"], true, "{report}");
+    assert_eq!(report["a_to_b"]["hops"], 0, "a direct channel: {report}");
+    assert_eq!(
+        report["b_got"]["data"]["text"], "hi from A across the mesh",
+        "{report}"
+    );
+    assert_eq!(report["a_got"]["data"]["text"], "hi from B", "{report}");
+    first.terminate();
+    second.terminate();
+}
+
+#[test]
 fn a_page_reaches_a_node_two_hops_away() {
     if !can_run_browsers("a_page_reaches_a_node_two_hops_away") {
         return;
