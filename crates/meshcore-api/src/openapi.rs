@@ -75,3 +75,20 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOCUMENT.get_or_init(ApiDoc::openapi)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::openapi_document;
+
+    #[test]
+    fn a_route_shows_its_price() {
+        let document = serde_json::to_value(openapi_document()).expect("serialisable");
+        let route = &document["components"]["schemas"]["RouteInfo"];
+        assert_eq!(
+            route["properties"]["path_price"]["type"], "integer",
+            "{route}"
+        );
+        let required = route["required"].as_array().expect("required fields");
+        assert!(required.iter().any(|field| field == "path_price"));
+    }
+}

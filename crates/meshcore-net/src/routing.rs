@@ -98,11 +98,17 @@
 //! The driver keeps the node's relay ledger ([`Bookkeeper`], see
 //! [`meshcore_proto::ledger`]): every data or acknowledgement frame this node hands to a
 //! next hop is booked with the frame's length — one it relayed with the neighbour it came
-//! from as upstream, one it originated with none. A relay charges its upstream its quote
-//! (next hop's price plus its own fee) for what it forwarded and says so in statements
-//! (`0x06`, every 250 ms while it carries traffic); an upstream owes its next hop only what
-//! the next hop's statements confirm, at their price, capped at what it handed over, so
-//! packets a relay refused or dropped are never paid for. IOUs (`0x05`) go to payees when
+//! from as upstream, one it originated with none. The router advertises this node's fee
+//! ([`Router::set_fee`], the ledger's [`Ledger::own_fee`]: set at start, then on every
+//! metrics tick and when `tokens_per_mb` changes) on top of each route's price, and every
+//! price a neighbour advertises that the router accepts goes to the ledger
+//! ([`Router::advertised_price`] → [`Bookkeeper::price_advertised`]), so bytes are priced
+//! before any statement comes. A relay charges its upstream its quote (next hop's price
+//! plus its own fee) for what it forwarded and says so in statements (`0x06`, every 250 ms
+//! while it carries traffic); an upstream owes its next hop only what the next hop's
+//! statements confirm, at their price but never above the price the next hop advertised,
+//! capped at what it handed over, so packets a relay refused or dropped are never paid for
+//! and a relay cannot state its way above its offer. IOUs (`0x05`) go to payees when
 //! the ledger says so, and arrive checked ([`Ledger::accept_iou`]). A neighbour cut off for debt
 //! ([`Standing::CutOff`]) has its packets refused (`unpaid`) like a refused flow.
 //! Acknowledgements raise the reputation of the next hop that carried the message; messages
@@ -275,6 +281,10 @@ pub struct RouteInfo {
     /// The route's metric: summed link costs in units of 0.1 ms of round trip, each link
     /// also costing a fixed 10 ms hop cost.
     pub path_cost: u32,
+    /// What this node owes per MB sent along the route, in milli-tokens: the price the next
+    /// hop advertised (the relays' fees summed; 0 when the next hop is the destination).
+    /// Informational: it plays no part in choosing the route.
+    pub path_price: u64,
     /// Unix seconds when the route expires unless refreshed.
     pub expires_at: u64,
 }
@@ -288,6 +298,7 @@ impl RouteInfo {
             path: route.path.iter().map(NodeId::to_hex).collect(),
             path_quality: path_quality(route.metric),
             path_cost: route.metric,
+            path_price: route.price,
             expires_at: route.expires_at.as_millis() / 1000,
         }
     }
@@ -302,6 +313,21 @@ impl RouteInfo {
             path_nodes: self.path.clone(),
             expires_at: i64::try_from(self.expires_at).unwrap_or(i64::MAX),
         }
+    }
+}
+
+/// The destinations a routing message advertises a route (and a price) to, other than its
+/// sender (whose price to itself is 0).
+fn advertised_destinations(message: &route::RouteMessage) -> Vec<NodeId> {
+    match message {
+        route::RouteMessage::Hello(hello) => hello
+            .links
+            .iter()
+            .filter_map(|link| link.route.as_ref().map(|route| route.advert.node))
+            .collect(),
+        route::RouteMessage::Rreq(rreq) => vec![rreq.originator.node],
+        route::RouteMessage::Rrep(rrep) => vec![rrep.destination.node],
+        route::RouteMessage::Rerr(_) => Vec::new(),
     }
 }
 
@@ -673,6 +699,8 @@ impl Routing {
             ledger_config,
             now(),
         ));
+        let mut router = router;
+        router.set_fee(book.ledger().own_fee(now()));
         let (ledger_tx, ledger_rx) = mpsc::channel(1);
         let ledger_task = tokio::spawn(crate::ledger::writer(store.clone(), ledger_rx));
         let ledger_store = store.clone();
@@ -1237,6 +1265,7 @@ impl Driver {
         ledger_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.restore_ledger(&ledger_store).await;
         drop(ledger_store);
+        self.sync_fee();
         let done = loop {
             let wake = self
                 .router
@@ -1271,6 +1300,7 @@ impl Driver {
                     for (peer, quality) in measured {
                         self.router.link_metric(at, peer, quality.rtt, quality.loss);
                     }
+                    self.sync_fee();
                 }
                 _ = persist_tick.tick() => self.persist_routes(),
                 _ = ledger_tick.tick() => self.persist_ledger(false).await,
@@ -1392,6 +1422,7 @@ impl Driver {
                     payment_threshold,
                     new_neighbour_threshold,
                 );
+                self.sync_fee();
                 tracing::info!(
                     tokens_per_mb = terms.tokens_per_mb,
                     payment_threshold = terms.payment_threshold,
@@ -1561,6 +1592,25 @@ impl Driver {
 
     /// Tells the router whether to offer this node for new routes: only while the relay
     /// budget takes new flows.
+    /// Keeps the fee the router adds to every price it advertises at the ledger's own fee
+    /// (`tokens_per_mb` × this node's reputation multiplier).
+    fn sync_fee(&mut self) {
+        let fee = self.book.ledger().own_fee(now());
+        if self.router.set_fee(fee) {
+            tracing::debug!(fee, "relay fee to advertise changed");
+        }
+    }
+
+    /// Hands the ledger the prices `from` advertised for `destinations`, as the router
+    /// accepted them (an advertisement it refused leaves the price it had, if any).
+    fn learn_prices(&mut self, at: route::Timestamp, from: NodeId, destinations: &[NodeId]) {
+        for destination in destinations {
+            if let Some(price) = self.router.advertised_price(&from, destination) {
+                self.book.price_advertised(at, from, *destination, price);
+            }
+        }
+    }
+
     fn sync_relaying(&mut self) {
         let (relaying, saturated) = {
             let relay = self.relay();
@@ -2011,7 +2061,10 @@ impl Driver {
             Some(&TAG_ROUTE) => match route::decode(&frame.data[1..]) {
                 Ok(message) => {
                     self.routes_dirty = true;
-                    self.router.handle_message(now(), frame.peer, message);
+                    let destinations = advertised_destinations(&message);
+                    let at = now();
+                    self.router.handle_message(at, frame.peer, message);
+                    self.learn_prices(at, frame.peer, &destinations);
                 }
                 Err(error) => {
                     self.stats.frames_malformed += 1;
@@ -2844,6 +2897,7 @@ mod driver_tests {
         a.0.find_route(r_id, WAIT).await.expect("a route to r");
         let route = a.0.find_route(b_id, WAIT).await.expect("a route to b");
         assert_eq!(route.next_hop, r_id.to_hex());
+        assert_eq!(route.path_price, 100_000, "r's fee, as r advertised it");
         let mut at_r = r.0.subscribe();
         let mut at_b = b.0.subscribe();
         let payload = Bytes::from(vec![7u8; 8 * 1024]);

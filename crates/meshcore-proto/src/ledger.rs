@@ -9,8 +9,12 @@
 //! - **Pay-per-forward.** A node's own fee is `tokens_per_mb × multiplier` milli-tokens
 //!   per MB, where the multiplier is its reputation multiplier in per-mille, `1000 +
 //!   score / 2` ∈ [1000, 1500] (1.0–1.5; see [`reputation`]). Each neighbour advertises a
-//!   price per destination ([`Ledger::set_price`]); `price(D)` through a downstream `d` is
-//!   that advertisement, or 0 if `d` is `D`. For `bytes` forwarded towards `D`
+//!   price per destination in its route advertisements — its route's price plus its own
+//!   fee, 0 for itself ([`crate::route`]; [`Ledger::set_advertised_price`]) — and states
+//!   one in its [`Statement`]s ([`Ledger::set_price`]); `price(D)` through a downstream `d`
+//!   is the lower of the two, or whichever is known, or 0 if `d` is `D`
+//!   ([`Ledger::price`]). So a relay that states more than it advertised is paid only what
+//!   it advertised. For `bytes` forwarded towards `D`
 //!   ([`Ledger::record_forwarded`]), the upstream neighbour is charged
 //!   `bytes × (price(D) + own fee)` and this node owes downstream `bytes × price(D)`; an
 //!   originator only owes, a destination charges nothing. Charges accumulate exactly in
@@ -52,7 +56,8 @@
 //!
 //! # Run loop
 //!
-//! The driver calls [`Ledger::set_price`] as route advertisements arrive,
+//! The driver calls [`Ledger::set_advertised_price`] as route advertisements arrive and
+//! [`Ledger::set_price`] as statements do,
 //! [`Ledger::record_forwarded`] for authenticated bytes handed on, [`Ledger::accept_iou`]
 //! for IOUs received, consults [`Ledger::standing`] before serving a neighbour, and after
 //! any input drains [`Ledger::poll_transmit`] until `None`, sending each IOU to its
@@ -63,8 +68,9 @@
 //! [`Bookkeeper`] is that run loop with the neighbour conversation it needs: a relay
 //! charges upstream for what it forwards ([`Ledger::record_carried`]) and tells it so in
 //! [`Statement`]s (its price for the destination and the bytes carried), and an upstream
-//! owes only what statements confirm, capped at what it handed over — so a relay is never
-//! paid for packets it dropped or refused; then IOUs out and in. The routing driver feeds
+//! owes only what statements confirm, capped at what it handed over, at no more than the
+//! advertised price — so a relay is never paid for packets it dropped or refused, nor more
+//! than it offered; then IOUs out and in. The routing driver feeds
 //! it and carries its [`LedgerMessage`]s.
 //!
 //! # Files

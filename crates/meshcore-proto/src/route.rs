@@ -63,15 +63,30 @@
 //! the hop cost keeps many fast hops from beating a few slightly slower ones. So a path of
 //! three clean 10 ms links (600) beats two 10 ms links at 50 % loss (1000).
 //!
+//! # Price
+//!
+//! Every route advertisement also carries the sender's **price** for carrying traffic to
+//! the destination, in milli-tokens per MB (issue 7, pay-per-forward; see
+//! [`crate::ledger`]): the price of the sender's selected route (what its next hop
+//! advertised, 0 when the next hop is the destination) plus the sender's own fee, set by
+//! the driver with [`Router::set_fee`]. A node advertising itself — its hello, a request it
+//! originates, a reply it sends as the destination — advertises 0. The router keeps the
+//! price with each candidate ([`Router::advertised_price`]) and shows the selected one as
+//! [`Route::price`]: along O – R1 – R2 – D with fees f1 and f2, O's route to D costs
+//! `f1 + f2`, R1's `f2` and R2's 0. A fee change reaches the neighbours with the next hello
+//! (two-hop routes) and the next discovery (longer ones). Price plays **no part in route
+//! selection**, which stays as described above, so loop freedom is untouched. Like the
+//! metric, the price is not signed; the ledger pays a relay at most what it advertised.
+//!
 //! # Security
 //!
 //! A route advertisement ([`SignedAdvert`]) is signed by the node it is about, in the
 //! [`SignatureDomain::RouteAdvertisement`](crate::SignatureDomain::RouteAdvertisement)
-//! domain, over `(node, seqno, issued_at)`. The metric and the path are added hop by hop
-//! and are **not** signed: a relay can lie about how good its route is (as in any distance-
-//! vector protocol; end-to-end delivery measurement is what catches it), but it cannot
-//! invent a destination, a fresher sequence number or a later expiry. Advertisements with a
-//! bad signature (or signed by another key) are dropped and counted
+//! domain, over `(node, seqno, issued_at)`. The metric, the price and the path are added
+//! hop by hop and are **not** signed: a relay can lie about how good its route is (as in
+//! any distance-vector protocol; end-to-end delivery measurement is what catches it), but
+//! it cannot invent a destination, a fresher sequence number or a later expiry.
+//! Advertisements with a bad signature (or signed by another key) are dropped and counted
 //! (`adverts_forged`, plus a [`RouteEvent::PeerMisbehaved`] against the relaying
 //! neighbour); so are replays — older `(seqno, issued_at)` than the newest one seen for that
 //! node (`adverts_replayed`) — and advertisements whose `issued_at` is older than

@@ -94,6 +94,13 @@ async fn a_message_crosses_a_line_of_five_nodes() {
         route["path_cost"].as_u64().is_some_and(|c| c >= 400),
         "{route}"
     );
+    // Three relays at 100 tokens/MB each, times a reputation multiplier of 1.0 to 1.5.
+    assert!(
+        route["path_price"]
+            .as_u64()
+            .is_some_and(|p| (300_000..=450_000).contains(&p)),
+        "{route}"
+    );
 
     let (status, routes) = send(http().get(nodes[0].url("/v1/routes"))).await;
     assert_eq!(status, 200, "{routes}");

@@ -9,8 +9,13 @@
 //!   neighbour `U` towards destination `D` through next hop `d`, it charges `U` its quote
 //!   ([`Ledger::quote`]: `price(D)` through `d` plus its own fee) with
 //!   [`Ledger::record_carried`], and adds the bytes to what it has carried for `U` towards
-//!   `D`. If `price(D)` through `d` is not known yet (no [`Statement`] from `d` so far), the
-//!   bytes wait and are charged when it comes.
+//!   `D`. If `price(D)` through `d` is not known yet (neither a [`Statement`] nor a route
+//!   advertisement from `d` so far), the bytes wait and are charged when one comes.
+//! - **Advertised prices.** The driver passes on every price a neighbour advertised with a
+//!   route ([`Bookkeeper::price_advertised`]; the router's
+//!   [`advertised_price`](crate::route::Router::advertised_price)). `price(D)` through `d`
+//!   is the lower of the price `d` last stated and the price it last advertised, or
+//!   whichever is known ([`Ledger::price`]), so bytes are priced as soon as a route is.
 //! - **Statements.** At most every call of [`Bookkeeper::handle_timeout`] (the driver calls
 //!   it every 250 ms), and at once before its quote to `U` for `D` changes, this node sends
 //!   `U` a [`Statement`]: its quote for `D` and the bytes carried for `U` towards `D` since
@@ -18,10 +23,17 @@
 //! - **An upstream pays for what was carried.** Bytes this node hands to `d` for a
 //!   destination other than `d` are *unconfirmed* until `d`'s statements cover them: a
 //!   statement's increase over the previous one (all of it, if the count restarted),
-//!   capped at the unconfirmed bytes, is owed to `d` at the statement's price
+//!   capped at the unconfirmed bytes, is owed to `d` at `min(statement's price, d's
+//!   advertised price)` when an advertised price is known, else at the statement's price
 //!   ([`Ledger::record_forwarded`] with no upstream). So bytes `d` refused or dropped are
-//!   never paid for, and `d` cannot claim more than it was given. Bytes handed to the
-//!   destination itself cost nothing and are booked at once.
+//!   never paid for, `d` cannot claim more than it was given, and a relay that states more
+//!   than it advertised is paid only what it advertised. An honest relay states its quote,
+//!   which is what it advertises (its route's price plus its fee), so both ends book the
+//!   same; an inflating relay's own books then show more than its upstream owes it, and the
+//!   upstream's IOUs cover less than it charged — which is the intent. The same holds for
+//!   a relay whose fee rose after its last advertisement reached the upstream: until the
+//!   next one (a hello for two-hop routes, a discovery for longer ones) it is paid the old
+//!   price. Bytes handed to the destination itself cost nothing and are booked at once.
 //! - **Payments.** After every input, [`Bookkeeper::poll_transmit`] yields the statements to
 //!   send and then the IOUs the ledger wants sent ([`Ledger::poll_transmit`]).
 //! - **Links.** When a link goes down, the neighbour's prices, the bytes waiting for them,
@@ -67,6 +79,10 @@ pub struct BookCounters {
     pub statements_received: u64,
     /// Statements refused (too many prices from one neighbour or in all).
     pub statements_refused: u64,
+    /// Advertised prices recorded ([`Bookkeeper::price_advertised`]).
+    pub prices_advertised: u64,
+    /// Advertised prices refused (too many prices from one neighbour or in all).
+    pub prices_refused: u64,
     /// IOUs signed for neighbours.
     pub ious_sent: u64,
     /// IOUs accepted from neighbours.
@@ -199,9 +215,37 @@ impl Bookkeeper {
         }
     }
 
+    /// The neighbour `from` advertised `price_per_mb` for carrying traffic to
+    /// `destination` (its route advertisement, as the router accepted it;
+    /// [`Ledger::set_advertised_price`]): bytes this node carried waiting for a price
+    /// through `from` are charged now, and from now on `from` is paid at most this price.
+    /// Nothing for `from` itself as the destination, whose price is always 0.
+    pub fn price_advertised(
+        &mut self,
+        now: Timestamp,
+        from: NodeId,
+        destination: NodeId,
+        price_per_mb: u64,
+    ) {
+        if from == destination {
+            return;
+        }
+        if self
+            .ledger
+            .set_advertised_price(from, destination, price_per_mb)
+            .is_err()
+        {
+            self.counters.prices_refused += 1;
+            return;
+        }
+        self.counters.prices_advertised += 1;
+        self.charge_waiting(now, from, destination);
+    }
+
     /// A statement from the downstream neighbour `from`: its price is recorded, bytes this
     /// node carried waiting for it are charged, and what it newly carried for this node is
-    /// owed to it.
+    /// owed to it — at the lower of the stated and the advertised price
+    /// ([`Ledger::price`]).
     pub fn statement_received(&mut self, now: Timestamp, from: NodeId, statement: Statement) {
         let destination = statement.destination;
         if from != destination
@@ -214,17 +258,7 @@ impl Bookkeeper {
             return;
         }
         self.counters.statements_received += 1;
-        let waiting: Vec<(NodeId, NodeId, NodeId)> = self
-            .unpriced
-            .keys()
-            .filter(|(_, downstream, d)| *downstream == from && *d == destination)
-            .copied()
-            .collect();
-        for key in waiting {
-            if let Some(bytes) = self.unpriced.remove(&key) {
-                self.charge(now, key.0, key.1, key.2, bytes);
-            }
-        }
+        self.charge_waiting(now, from, destination);
         let key = (from, destination);
         let previous = self.confirmed.get(&key).copied().unwrap_or(0);
         let added = if statement.bytes >= previous {
@@ -331,6 +365,21 @@ impl Bookkeeper {
     }
 
     // ---- internals ----
+
+    /// Charges the bytes that waited for a price through `downstream` to `destination`.
+    fn charge_waiting(&mut self, now: Timestamp, downstream: NodeId, destination: NodeId) {
+        let waiting: Vec<(NodeId, NodeId, NodeId)> = self
+            .unpriced
+            .keys()
+            .filter(|(_, d, dest)| *d == downstream && *dest == destination)
+            .copied()
+            .collect();
+        for key in waiting {
+            if let Some(bytes) = self.unpriced.remove(&key) {
+                self.charge(now, key.0, key.1, key.2, bytes);
+            }
+        }
+    }
 
     /// Owes `downstream` for `bytes` it carried (or received) towards `destination`.
     fn owe(&mut self, now: Timestamp, downstream: NodeId, destination: NodeId, bytes: u64) {
@@ -577,6 +626,77 @@ mod tests {
         let (o_r, r_o) = (account(&books[0], &ids[1]), account(&books[1], &ids[0]));
         assert_eq!(o_r.payable(), 500_000);
         assert_eq!(r_o.receivable(), o_r.payable());
+    }
+
+    #[test]
+    fn advertised_prices_price_bytes_at_once_and_honest_ends_agree() {
+        // O → R1 → R2 → D; every relay advertises its route's price plus its fee, as the
+        // router does, before any traffic.
+        let mut books = [book(1), book(2), book(3), book(4)];
+        let ids = ids(&books);
+        let now = Timestamp::ZERO;
+        let fee = books[1].ledger().own_fee(now);
+        books[1].price_advertised(now, ids[2], ids[3], fee);
+        books[0].price_advertised(now, ids[1], ids[3], 2 * fee);
+        books[2].price_advertised(now, ids[3], ids[3], 0);
+        assert_eq!(
+            books[2].counters().prices_advertised,
+            0,
+            "a destination is free"
+        );
+        for _ in 0..100 {
+            books[0].forwarded(now, None, ids[1], ids[3], 10_000);
+            books[1].forwarded(now, Some(ids[0]), ids[2], ids[3], 10_000);
+            books[2].forwarded(now, Some(ids[1]), ids[3], ids[3], 10_000);
+        }
+        assert_eq!(books[1].unpriced_bytes(), 0, "priced by the advertisement");
+        assert_eq!(account(&books[1], &ids[0]).receivable(), 200_000);
+        settle(&mut books, now);
+        let (o_r1, r1_o) = (account(&books[0], &ids[1]), account(&books[1], &ids[0]));
+        assert_eq!((o_r1.payable(), r1_o.receivable()), (200_000, 200_000));
+        assert_eq!(o_r1.tokens_spent, r1_o.tokens_earned);
+        let (r1_r2, r2_r1) = (account(&books[1], &ids[2]), account(&books[2], &ids[1]));
+        assert_eq!((r1_r2.payable(), r2_r1.receivable()), (100_000, 100_000));
+        assert_eq!(r1_r2.tokens_spent, r2_r1.tokens_earned);
+    }
+
+    #[test]
+    fn a_relay_that_states_more_than_it_advertised_is_paid_only_the_advertised_price() {
+        // O → R → D; R advertised its fee, 100 tokens/MB, then states 300.
+        let mut books = [book(1), book(2), book(3)];
+        let ids = ids(&books);
+        let now = Timestamp::ZERO;
+        books[0].price_advertised(now, ids[1], ids[2], 100_000);
+        books[1].ledger_mut().set_terms(300, 100_000, 10_000);
+        for _ in 0..100 {
+            books[0].forwarded(now, None, ids[1], ids[2], 10_000);
+            books[1].forwarded(now, Some(ids[0]), ids[2], ids[2], 10_000);
+        }
+        settle(&mut books, now);
+        assert_eq!(
+            books[0].ledger().stated_price(&ids[1], &ids[2]),
+            Some(300_000)
+        );
+        assert_eq!(books[0].ledger().price(&ids[1], &ids[2]), Some(100_000));
+        let (o_r, r_o) = (account(&books[0], &ids[1]), account(&books[1], &ids[0]));
+        assert_eq!(o_r.payable(), 100_000, "1 MB at the advertised price");
+        assert_eq!(r_o.receivable(), 300_000, "what R charged in its own books");
+        assert_eq!(o_r.tokens_spent, r_o.tokens_earned);
+        assert!(
+            r_o.tokens_earned <= 100_000,
+            "its IOUs cover no more than the offer"
+        );
+        // A lower statement is taken as it is; a new advertisement replaces the old one.
+        books[1].ledger_mut().set_terms(50, 100_000, 10_000);
+        books[0].price_advertised(now, ids[1], ids[2], 80_000);
+        books[0].forwarded(now, None, ids[1], ids[2], 1_000_000);
+        books[1].forwarded(now, Some(ids[0]), ids[2], ids[2], 1_000_000);
+        settle(&mut books, now);
+        assert_eq!(account(&books[0], &ids[1]).payable(), 100_000 + 50_000);
+        assert_eq!(
+            books[0].ledger().advertised_price(&ids[1], &ids[2]),
+            Some(80_000)
+        );
     }
 
     #[test]

@@ -228,6 +228,25 @@ pub struct LedgerSnapshot {
     pub accounts: Vec<Account>,
 }
 
+/// What a downstream neighbour asks to carry traffic to one destination, milli-tokens per
+/// MB: the price its statements give and the price its route advertisement gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Price {
+    stated: Option<u64>,
+    advertised: Option<u64>,
+}
+
+impl Price {
+    /// The lower of the two known prices: a neighbour is never paid more than it
+    /// advertised, nor more than it stated.
+    fn effective(self) -> Option<u64> {
+        match (self.stated, self.advertised) {
+            (Some(stated), Some(advertised)) => Some(stated.min(advertised)),
+            (stated, advertised) => stated.or(advertised),
+        }
+    }
+}
+
 /// One node's relay ledger. A sans-IO state machine; see [the module docs](crate::ledger)
 /// for the rules and the run loop.
 #[derive(Debug)]
@@ -236,7 +255,8 @@ pub struct Ledger {
     me: NodeId,
     config: LedgerConfig,
     accounts: BTreeMap<NodeId, Account>,
-    prices: BTreeMap<NodeId, BTreeMap<NodeId, u64>>,
+    /// Downstream neighbour → destination → what it stated and what it advertised.
+    prices: BTreeMap<NodeId, BTreeMap<NodeId, Price>>,
     settle_requested: BTreeMap<NodeId, ()>,
     allowance_pool: u64,
     allowance_pool_as_of: Timestamp,
@@ -380,14 +400,27 @@ impl Ledger {
             .saturating_mul(self.own_multiplier(now))
     }
 
-    /// `price(D)` through `downstream`: what `downstream` advertised, in milli-tokens per
-    /// MB, to carry traffic to `destination`. Zero when `downstream` is the destination
-    /// (receiving is free); `None` when it advertised nothing.
+    /// `price(D)` through `downstream`, in milli-tokens per MB, to carry traffic to
+    /// `destination`: the lower of the price its latest statement gave
+    /// ([`Ledger::set_price`]) and the price its latest route advertisement gave
+    /// ([`Ledger::set_advertised_price`]), or whichever of the two is known. Zero when
+    /// `downstream` is the destination (receiving is free); `None` when it has given
+    /// neither.
     pub fn price(&self, downstream: &NodeId, destination: &NodeId) -> Option<u64> {
         if downstream == destination {
             return Some(0);
         }
-        self.prices.get(downstream)?.get(destination).copied()
+        self.prices.get(downstream)?.get(destination)?.effective()
+    }
+
+    /// The price `downstream`'s latest statement gave for `destination`, if any.
+    pub fn stated_price(&self, downstream: &NodeId, destination: &NodeId) -> Option<u64> {
+        self.prices.get(downstream)?.get(destination)?.stated
+    }
+
+    /// The price `downstream`'s latest route advertisement gave for `destination`, if any.
+    pub fn advertised_price(&self, downstream: &NodeId, destination: &NodeId) -> Option<u64> {
+        self.prices.get(downstream)?.get(destination)?.advertised
     }
 
     /// What this node advertises upstream for `destination` through `downstream`:
@@ -442,14 +475,40 @@ impl Ledger {
 
     // ---- inputs ----
 
-    /// Records `neighbour`'s advertised price, milli-tokens per MB, for carrying traffic
-    /// to `destination` (from its route advertisement).
+    /// Records the price, milli-tokens per MB, that `neighbour` stated for carrying traffic
+    /// to `destination` (from its [`Statement`](crate::ledger::Statement)), replacing the
+    /// one it stated before. See [`Ledger::price`] for how it combines with the advertised
+    /// price.
     pub fn set_price(
         &mut self,
         neighbour: NodeId,
         destination: NodeId,
         price_per_mb: u64,
     ) -> Result<(), LedgerError> {
+        self.price_entry(neighbour, destination)?.stated = Some(price_per_mb);
+        Ok(())
+    }
+
+    /// Records the price, milli-tokens per MB, that `neighbour` advertised for carrying
+    /// traffic to `destination` (from its route advertisement), replacing the one it
+    /// advertised before. From now on `neighbour` is paid at most this for the bytes its
+    /// statements confirm, whatever they state ([`Ledger::price`]).
+    pub fn set_advertised_price(
+        &mut self,
+        neighbour: NodeId,
+        destination: NodeId,
+        price_per_mb: u64,
+    ) -> Result<(), LedgerError> {
+        self.price_entry(neighbour, destination)?.advertised = Some(price_per_mb);
+        Ok(())
+    }
+
+    /// The price entry for `(neighbour, destination)`, made if there is room.
+    fn price_entry(
+        &mut self,
+        neighbour: NodeId,
+        destination: NodeId,
+    ) -> Result<&mut Price, LedgerError> {
         if neighbour == self.me {
             return Err(LedgerError::OwnNode);
         }
@@ -461,8 +520,7 @@ impl Ledger {
         {
             return Err(LedgerError::TooManyPrices(neighbour));
         }
-        table.insert(destination, price_per_mb);
-        Ok(())
+        Ok(table.entry(destination).or_default())
     }
 
     /// Changes the terms at run time (settings `tokens_per_mb`, `payment_threshold`,
@@ -480,7 +538,7 @@ impl Ledger {
         self.config.new_neighbour_threshold = new_neighbour_threshold.min(payment_threshold);
     }
 
-    /// Forgets every price `neighbour` advertised (its link went down).
+    /// Forgets every price `neighbour` stated or advertised (its link went down).
     pub fn forget_prices(&mut self, neighbour: &NodeId) {
         self.prices.remove(neighbour);
     }

@@ -1,13 +1,22 @@
 //! The routing wire protocol: [`RouteMessage`]s and their [`encode`]/[`decode`] with
 //! postcard.
 //!
-//! Node ids travel as their 32 raw bytes and signatures as 64 raw bytes. [`decode`] first
-//! refuses more than [`MAX_MESSAGE_LEN`] bytes, then reads the postcard form (collecting at
-//! most one element past any list's bound, so a lying length prefix cannot make it
-//! allocate), refuses trailing bytes, and finally checks every bound and every node id.
-//! Every way of failing is a named [`WireError`] variant, and decoding never panics.
-//! Signatures are checked later, by the router, and only for advertisements it is about
-//! to use.
+//! Node ids travel as their 32 raw bytes and signatures as 64 raw bytes. Wherever a
+//! destination's signed advertisement travels with the sender's `metric` to it (a hello
+//! link's [`Announcement`], a [`Rreq`]'s route to its originator, a [`Rrep`]'s route to
+//! its destination), it also travels with the sender's `price` for carrying traffic there:
+//! milli-tokens per MB, a postcard varint `u64` right after the metric (see
+//! [`Announcement::price`]). Routing messages carry no version number of their own: they
+//! ride the link protocol's data frames (tag `0x01`), and a node with another layout fails
+//! to decode them.
+//!
+//! [`decode`] first refuses more than [`MAX_MESSAGE_LEN`] bytes, then reads the postcard
+//! form (collecting at most one element past any list's bound, so a lying length prefix
+//! cannot make it allocate), refuses trailing bytes, and finally checks every bound and
+//! every node id. Every way of failing is a named [`WireError`] variant (an integer that
+//! does not fit its type, a price included, is [`WireError::BadInteger`]), and decoding
+//! never panics. Signatures are checked later, by the router, and only for advertisements
+//! it is about to use.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -70,13 +79,20 @@ pub struct HelloLink {
 }
 
 /// A route as advertised by a neighbour: the destination's signed advertisement and the
-/// advertising node's metric to it (unsigned).
+/// advertising node's metric and price to it (both unsigned).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announcement {
     /// Signed by the destination.
     pub advert: SignedAdvert,
     /// The sender's metric to the destination.
     pub metric: u32,
+    /// What the sender charges for carrying traffic to the destination, milli-tokens per MB
+    /// (10⁶ bytes): the price its own next hop advertised (0 when that is the destination)
+    /// plus the sender's fee; 0 when the sender is the destination. A `u64` like every
+    /// ledger amount — a fee may be up to 1.5 × 10¹² (setting `tokens_per_mb` up to 10⁹
+    /// tokens, × 1000, × 1.5) — and a postcard varint, so it costs what a `u32` would for
+    /// the same value (3 bytes at the default 100 tokens per MB).
+    pub price: u64,
 }
 
 /// A route request.
@@ -91,6 +107,9 @@ pub struct Rreq {
     pub originator: SignedAdvert,
     /// The sender's metric to the originator.
     pub metric: u32,
+    /// The sender's price to the originator, milli-tokens per MB (0 from the originator;
+    /// see [`Announcement::price`]).
+    pub price: u64,
     /// Hops this request may still travel, at least 1.
     pub ttl: u8,
     /// The sender's route to the originator, originator first, sender last (at most
@@ -109,6 +128,9 @@ pub struct Rrep {
     pub destination: SignedAdvert,
     /// The sender's metric to the destination.
     pub metric: u32,
+    /// The sender's price to the destination, milli-tokens per MB (0 from the destination;
+    /// see [`Announcement::price`]).
+    pub price: u64,
     /// The sender's route to the destination, destination first, sender last (at most
     /// [`MAX_PATH_LEN`]).
     pub path: Vec<NodeId>,
@@ -239,7 +261,8 @@ struct RawHelloLink {
     neighbour: [u8; NODE_ID_LEN],
     rtt_us: u32,
     loss_ppm: u32,
-    route: Option<(RawAdvert, u32)>,
+    /// Advert, metric, price.
+    route: Option<(RawAdvert, u32, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -248,6 +271,7 @@ struct RawRreq {
     destination: [u8; NODE_ID_LEN],
     originator: RawAdvert,
     metric: u32,
+    price: u64,
     ttl: u8,
     path: Bounded<[u8; NODE_ID_LEN], MAX_PATH_LEN>,
 }
@@ -258,6 +282,7 @@ struct RawRrep {
     rreq_id: u32,
     destination: RawAdvert,
     metric: u32,
+    price: u64,
     path: Bounded<[u8; NODE_ID_LEN], MAX_PATH_LEN>,
 }
 
@@ -366,7 +391,7 @@ impl From<&RouteMessage> for RawMessage {
                             route: link
                                 .route
                                 .as_ref()
-                                .map(|route| ((&route.advert).into(), route.metric)),
+                                .map(|route| ((&route.advert).into(), route.metric, route.price)),
                         })
                         .collect(),
                 ),
@@ -376,6 +401,7 @@ impl From<&RouteMessage> for RawMessage {
                 destination: *rreq.destination.as_bytes(),
                 originator: (&rreq.originator).into(),
                 metric: rreq.metric,
+                price: rreq.price,
                 ttl: rreq.ttl,
                 path: raw_path(&rreq.path),
             }),
@@ -384,6 +410,7 @@ impl From<&RouteMessage> for RawMessage {
                 rreq_id: rrep.rreq_id,
                 destination: (&rrep.destination).into(),
                 metric: rrep.metric,
+                price: rrep.price,
                 path: raw_path(&rrep.path),
             }),
             RouteMessage::Rerr(rerr) => RawMessage::Rerr(RawRerr {
@@ -413,12 +440,16 @@ impl RawMessage {
                     }
                     let neighbour = node_id(link.neighbour)?;
                     let route = match link.route {
-                        Some((advert, metric)) => {
+                        Some((advert, metric, price)) => {
                             let advert = advert.check()?;
                             if advert.node != neighbour {
                                 return Err(WireError::AdvertMismatch);
                             }
-                            Some(Announcement { advert, metric })
+                            Some(Announcement {
+                                advert,
+                                metric,
+                                price,
+                            })
                         }
                         None => None,
                     };
@@ -445,6 +476,7 @@ impl RawMessage {
                     destination: node_id(raw.destination)?,
                     originator,
                     metric: raw.metric,
+                    price: raw.price,
                     ttl: raw.ttl,
                     path,
                 })
@@ -460,6 +492,7 @@ impl RawMessage {
                     rreq_id: raw.rreq_id,
                     destination,
                     metric: raw.metric,
+                    price: raw.price,
                     path,
                 })
             }
@@ -531,6 +564,7 @@ mod tests {
                             ..signed.clone()
                         },
                         metric: u32::MAX,
+                        price: u64::MAX,
                     }),
                 })
                 .collect(),
@@ -543,6 +577,7 @@ mod tests {
             destination: id(3),
             originator: advert(1, 5),
             metric: 700,
+            price: 250_000,
             ttl: 4,
             path: (0..path_len).map(|i| id(i + 1)).collect(),
         })
@@ -564,6 +599,7 @@ mod tests {
                     rreq_id: 9,
                     destination: advert(4, 8),
                     metric: 12,
+                    price: 100_000,
                     path: vec![id(4), id(5)],
                 }),
                 RouteMessage::Rerr(Rerr {
@@ -668,6 +704,46 @@ mod tests {
         // Kind tag, list length, then the id.
         bytes[2..2 + NODE_ID_LEN].copy_from_slice(&invalid);
         assert_eq!(decode(&bytes), Err(WireError::InvalidNodeId));
+    }
+
+    #[test]
+    fn prices_round_trip_and_an_overlong_or_overflowing_price_is_refused() {
+        let rrep = |price| {
+            RouteMessage::Rrep(Rrep {
+                originator: id(1),
+                rreq_id: 9,
+                destination: advert(4, 8),
+                metric: 12,
+                price,
+                path: vec![id(4), id(5)],
+            })
+        };
+        for price in [0, 1, 100_000, u64::from(u32::MAX) + 1, u64::MAX] {
+            assert_eq!(decode(&encode(&rrep(price))), Ok(rrep(price)));
+        }
+        // Price 0 is one byte, just before the path (length 2, then two ids).
+        let bytes = encode(&rrep(0));
+        let at = bytes.len() - 1 - 2 * NODE_ID_LEN - 1;
+        assert_eq!(bytes[at], 0);
+        let with_price = |varint: &[u8]| {
+            let mut changed = bytes[..at].to_vec();
+            changed.extend_from_slice(varint);
+            changed.extend_from_slice(&bytes[at + 1..]);
+            decode(&changed)
+        };
+        // The largest u64 is ten bytes; more continuation bits, or more bits, are refused.
+        let mut largest = [0xff; 10];
+        largest[9] = 0x01;
+        assert_eq!(with_price(&largest), Ok(rrep(u64::MAX)));
+        assert_eq!(with_price(&[0xff; 11]), Err(WireError::BadInteger));
+        let mut overflowing = largest;
+        overflowing[9] = 0x02;
+        assert_eq!(with_price(&overflowing), Err(WireError::BadInteger));
+        // A message cut inside the price is truncated.
+        assert_eq!(
+            decode(&encode(&rrep(u64::MAX))[..at + 5]),
+            Err(WireError::Truncated)
+        );
     }
 
     #[test]

@@ -335,6 +335,8 @@ pub struct Router {
     local: NodeId,
     own_seqno: u64,
     own_advert: SignedAdvert,
+    /// This node's relay fee, milli-tokens per MB, added to every price it advertises.
+    fee: u64,
     links: BTreeMap<NodeId, Neighbour>,
     /// The neighbour in each slot (see [`Slot`]); `None` for a free slot.
     slots: Vec<Option<NodeId>>,
@@ -381,6 +383,7 @@ impl Router {
             local,
             own_seqno,
             own_advert,
+            fee: 0,
             links: BTreeMap::new(),
             slots: Vec::new(),
             destinations: BTreeMap::new(),
@@ -424,6 +427,21 @@ impl Router {
     /// This node's current sequence number.
     pub fn own_seqno(&self) -> u64 {
         self.own_seqno
+    }
+
+    /// This node's relay fee, milli-tokens per MB ([`set_fee`](Self::set_fee); 0 until set).
+    pub fn fee(&self) -> u64 {
+        self.fee
+    }
+
+    /// The price `neighbour` advertised for carrying traffic to `destination`, milli-tokens
+    /// per MB, as it stands in `neighbour`'s candidate route (its latest advertisement that
+    /// was accepted and has not expired or been withdrawn); 0 when `neighbour` announced
+    /// itself. `None` when `neighbour` offers no route to `destination`.
+    pub fn advertised_price(&self, neighbour: &NodeId, destination: &NodeId) -> Option<u64> {
+        let entry = self.destinations.get(destination)?;
+        let candidate = entry.candidate(self.slot_of(neighbour))?;
+        Some(entry.price_of(candidate))
     }
 
     /// The neighbour to send a packet for `destination` to, as of the last input.
@@ -717,6 +735,14 @@ impl Router {
         result
     }
 
+    /// Sets this node's relay fee, milli-tokens per MB: from now on every route this node
+    /// advertises (hello links, forwarded requests and replies) carries the selected route's
+    /// price plus this fee. Nothing is sent at once; the next hello carries the new price to
+    /// every neighbour. Whether the fee changed.
+    pub fn set_fee(&mut self, fee: u64) -> bool {
+        std::mem::replace(&mut self.fee, fee) != fee
+    }
+
     /// Starts or stops relaying for others (see [`RouterConfig::relay`]). Takes effect for
     /// the next message; routes others learned through this node before are withdrawn by
     /// [`handle_refused`](Self::handle_refused) as their packets arrive, or expire.
@@ -787,7 +813,8 @@ impl Router {
             self.malformed(from, "sent a hello about another node");
             return;
         }
-        if self.accept_advert(now, from, hello.advert, 0, vec![from]) == Err(Refusal::Forged) {
+        // A node announcing itself charges nothing to be reached.
+        if self.accept_advert(now, from, hello.advert, 0, 0, vec![from]) == Err(Refusal::Forged) {
             return;
         }
         let hop_cost = self.config.hop_cost;
@@ -806,7 +833,14 @@ impl Router {
             if let Some(route) = link.route {
                 if route.advert.node != self.local {
                     let path = vec![from, route.advert.node];
-                    let _ = self.accept_advert(now, from, route.advert, route.metric, path);
+                    let _ = self.accept_advert(
+                        now,
+                        from,
+                        route.advert,
+                        route.metric,
+                        route.price,
+                        path,
+                    );
                 }
             }
         }
@@ -830,6 +864,7 @@ impl Router {
                 from,
                 rreq.originator.clone(),
                 rreq.metric,
+                rreq.price,
                 reverse_path,
             )
             .is_err()
@@ -870,6 +905,7 @@ impl Router {
             rreq_id: rreq.rreq_id,
             destination: self.own_advert.clone(),
             metric: 0,
+            price: 0,
             path: vec![self.local],
         };
         self.counters.rreps_sent += 1;
@@ -892,7 +928,7 @@ impl Router {
             self.counters.rreqs_rate_limited += 1;
             return;
         }
-        let Some((advert, metric, path)) = self.advertise(&originator, &recipients) else {
+        let Some((advert, metric, price, path)) = self.advertise(&originator, &recipients) else {
             return;
         };
         let forwarded = Rreq {
@@ -900,6 +936,7 @@ impl Router {
             destination: rreq.destination,
             originator: advert,
             metric,
+            price,
             ttl: rreq.ttl - 1,
             path: self.message_path(path),
         };
@@ -921,7 +958,14 @@ impl Router {
         let mut path = rrep.path.clone();
         path.reverse();
         if self
-            .accept_advert(now, from, rrep.destination.clone(), rrep.metric, path)
+            .accept_advert(
+                now,
+                from,
+                rrep.destination.clone(),
+                rrep.metric,
+                rrep.price,
+                path,
+            )
             .is_err()
             || rrep.originator == self.local
         {
@@ -941,7 +985,7 @@ impl Router {
             self.counters.rreps_dropped += 1;
             return;
         }
-        let Some((advert, metric, path)) = self.advertise(&destination, &[next]) else {
+        let Some((advert, metric, price, path)) = self.advertise(&destination, &[next]) else {
             self.counters.rreps_dropped += 1;
             return;
         };
@@ -956,6 +1000,7 @@ impl Router {
             rreq_id: rrep.rreq_id,
             destination: advert,
             metric,
+            price,
             path: self.message_path(path),
         };
         self.counters.rreps_forwarded += 1;
@@ -986,13 +1031,15 @@ impl Router {
 
     // ---- internals: advertisements and selection ----
 
-    /// Checks an advertisement relayed by `from` and stores it as `from`'s candidate.
+    /// Checks an advertisement relayed by `from` and stores it as `from`'s candidate, with
+    /// `from`'s metric and price.
     fn accept_advert(
         &mut self,
         now: Timestamp,
         from: NodeId,
         advert: SignedAdvert,
         metric: u32,
+        price: u64,
         path: Vec<NodeId>,
     ) -> Result<(), Refusal> {
         let destination = advert.node;
@@ -1053,7 +1100,7 @@ impl Router {
         if !feasible(entry.fd(), advert.seqno, metric) {
             self.counters.adverts_infeasible += 1;
         }
-        entry.insert_candidate(slot, metric, &proof, skew_ms, &path);
+        entry.insert_candidate(slot, metric, price, &proof, skew_ms, &path);
         self.next_purge = self.next_purge.min(expires_at);
         self.reselect(now, destination);
         Ok(())
@@ -1134,13 +1181,14 @@ impl Router {
     }
 
     /// This node advertises its selected route to `destination` to `recipients`: returns
-    /// the advertisement, this node's metric and its path (next hop first), and lowers the
-    /// feasibility distance accordingly. `None` if there is no usable route.
+    /// the advertisement, this node's metric, its price (the route's price plus this node's
+    /// fee) and its path (next hop first), and lowers the feasibility distance accordingly.
+    /// `None` if there is no usable route.
     fn advertise(
         &mut self,
         destination: &NodeId,
         recipients: &[NodeId],
-    ) -> Option<(SignedAdvert, u32, Vec<NodeId>)> {
+    ) -> Option<(SignedAdvert, u32, u64, Vec<NodeId>)> {
         let hold = self
             .config
             .route_timeout
@@ -1155,6 +1203,7 @@ impl Router {
             return None;
         }
         let advert = entry.advert_of(candidate, *destination);
+        let price = entry.price_of(candidate).saturating_add(self.fee);
         let path = entry.path_of(candidate, next_hop, *destination);
         let hold_until = advert.issued_at.saturating_add(hold);
         let entry = self.destinations.get_mut(destination)?;
@@ -1163,7 +1212,7 @@ impl Router {
             entry.add_precursor(slot);
         }
         self.next_purge = self.next_purge.min(hold_until);
-        Some((advert, metric, path))
+        Some((advert, metric, price, path))
     }
 
     /// A message path (far end first, this node last) from a route path (next hop first).
@@ -1182,6 +1231,7 @@ impl Router {
             next_hop,
             hop_count: candidate.hops,
             metric: candidate.metric.saturating_add(cost),
+            price: entry.price_of(candidate),
             seqno: entry.proof_of(candidate).seqno,
             path: entry.path_of(candidate, next_hop, *destination),
             expires_at: entry.expires_at(candidate, self.config.route_timeout),
@@ -1291,6 +1341,7 @@ impl Router {
             destination,
             originator: self.own_advert.clone(),
             metric: 0,
+            price: 0,
             ttl,
             path: vec![self.local],
         };
@@ -1339,7 +1390,11 @@ impl Router {
             let direct = self.config.relay && self.is_direct(&neighbour);
             let route = if direct {
                 self.advertise(&neighbour, &recipients)
-                    .map(|(advert, metric, _)| Announcement { advert, metric })
+                    .map(|(advert, metric, price, _)| Announcement {
+                        advert,
+                        metric,
+                        price,
+                    })
             } else {
                 None
             };

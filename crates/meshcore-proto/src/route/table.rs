@@ -46,6 +46,11 @@ pub struct Route {
     /// The route's metric: the next hop's advertised metric plus the cost of the link to
     /// it.
     pub metric: u32,
+    /// The route's price, milli-tokens per MB: what the next hop advertised it charges for
+    /// carrying traffic to the destination (0 when it is the destination), and so what this
+    /// node owes for each MB it sends along the route. It does not include this node's own
+    /// fee and plays no part in selection.
+    pub price: u64,
     /// The destination's sequence number this route carries.
     pub seqno: u64,
     /// The nodes the route passes through as reported hop by hop: the next hop first, the
@@ -114,14 +119,19 @@ impl fmt::Debug for Proof {
     }
 }
 
-/// An advertisement for a destination received from one neighbour, in 8 bytes. Its signed
+/// An advertisement for a destination received from one neighbour, in 12 bytes. Its signed
 /// part is the entry's newest advertisement unless [`OWN_PROOF`] is set; the nodes between
-/// its ends (routes of more than two hops) and a signing time after its arrival are kept
-/// beside it in the entry's [`Spill`].
+/// its ends (routes of more than two hops), a signing time after its arrival and a price of
+/// `u32::MAX` or more are kept beside it in the entry's [`Spill`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Candidate {
     /// The neighbour's metric to the destination (as it advertised it).
     pub(crate) metric: u32,
+    /// The neighbour's price to the destination (as it advertised it), milli-tokens per MB,
+    /// unless [`BIG_PRICE`] is set. A `u32` holds 4.29 × 10⁶ tokens per MB, far above any
+    /// path at sane fees (32 hops at 1.5 × the default fee is 4,800 tokens per MB); only a
+    /// node configured with a huge `tokens_per_mb` makes a candidate spill its price.
+    price: u32,
     /// The neighbour that advertised it.
     pub(crate) slot: Slot,
     /// Nodes on the path from the neighbour to the destination, both included: 1 when the
@@ -135,9 +145,12 @@ const OWN_PROOF: u8 = 1;
 /// The advertisement was signed after it arrived (the clocks differ): [`Spill::skews`] holds
 /// by how many milliseconds, which the candidate's expiry is brought forward by.
 const SKEWED: u8 = 2;
+/// The advertised price does not fit [`Candidate::price`]: [`Spill::prices`] holds it.
+const BIG_PRICE: u8 = 4;
 
 const NO_CANDIDATE: Candidate = Candidate {
     metric: METRIC_INFINITY,
+    price: 0,
     slot: NO_SLOT,
     hops: 0,
     flags: 0,
@@ -149,7 +162,7 @@ const NO_CANDIDATE: Candidate = Candidate {
 /// node advertised), and in its [`Spill`] the rest.
 ///
 /// Laid out for the common case: one candidate carrying the newest advertisement over at
-/// most two hops fits in the entry's 104 bytes with no other allocation (the signature, 64
+/// most two hops, at a price below `u32::MAX`, fits in the entry's 104 bytes with no other allocation (the signature, 64
 /// bytes, is stored once per destination; the destination's id is the table's key).
 #[derive(Debug, Clone)]
 pub(crate) struct DestinationEntry {
@@ -212,6 +225,8 @@ struct Spill {
     paths: Vec<(Slot, Box<[NodeId]>)>,
     /// For candidates with [`SKEWED`]: milliseconds between arrival and signing.
     skews: Vec<(Slot, u64)>,
+    /// For candidates with [`BIG_PRICE`]: their advertised price.
+    prices: Vec<(Slot, u64)>,
     /// Precursors with slots of 64 and above.
     precursors: Vec<Slot>,
 }
@@ -223,6 +238,7 @@ impl Spill {
             && self.proofs.is_empty()
             && self.paths.is_empty()
             && self.skews.is_empty()
+            && self.prices.is_empty()
             && self.precursors.is_empty()
     }
 }
@@ -336,6 +352,18 @@ impl DestinationEntry {
         self.proof_of(candidate).advert(destination)
     }
 
+    /// The price `candidate`'s neighbour advertised, milli-tokens per MB.
+    pub(crate) fn price_of(&self, candidate: &Candidate) -> u64 {
+        if candidate.flags & BIG_PRICE != 0 {
+            let big = self
+                .spill()
+                .and_then(|spill| find(&spill.prices, candidate.slot));
+            debug_assert!(big.is_some(), "a candidate with BIG_PRICE has its price");
+            return big.copied().unwrap_or(u64::MAX);
+        }
+        u64::from(candidate.price)
+    }
+
     /// When `candidate` expires: `route_timeout` after its advertisement was signed, or
     /// after it arrived if that was earlier.
     pub(crate) fn expires_at(&self, candidate: &Candidate, route_timeout: Duration) -> Timestamp {
@@ -376,13 +404,14 @@ impl DestinationEntry {
     }
 
     /// Stores the advertisement `proof` from the neighbour in `slot` as its candidate,
-    /// replacing the one it had: its metric, `path` (from the neighbour to the destination,
-    /// both included; just the neighbour when it is the destination) and how many
-    /// milliseconds after its arrival it was signed (`skew_ms`, 0 normally).
+    /// replacing the one it had: its metric, its price, `path` (from the neighbour to the
+    /// destination, both included; just the neighbour when it is the destination) and how
+    /// many milliseconds after its arrival it was signed (`skew_ms`, 0 normally).
     pub(crate) fn insert_candidate(
         &mut self,
         slot: Slot,
         metric: u32,
+        price: u64,
         proof: &Proof,
         skew_ms: u64,
         path: &[NodeId],
@@ -402,8 +431,17 @@ impl DestinationEntry {
             let inner: Box<[NodeId]> = path[1..path.len() - 1].into();
             put(&mut self.spill_mut().paths, slot, inner);
         }
+        let small_price = match u32::try_from(price) {
+            Ok(small) if small != u32::MAX => small,
+            _ => {
+                flags |= BIG_PRICE;
+                put(&mut self.spill_mut().prices, slot, price);
+                u32::MAX
+            }
+        };
         let candidate = Candidate {
             metric,
+            price: small_price,
             slot,
             hops: u8::try_from(path.len()).unwrap_or(u8::MAX),
             flags,
@@ -446,6 +484,7 @@ impl DestinationEntry {
                 take(&mut spill.proofs, slot);
                 take(&mut spill.paths, slot);
                 take(&mut spill.skews, slot);
+                take(&mut spill.prices, slot);
             }
             self.tidy();
         }
@@ -707,17 +746,17 @@ mod tests {
         let path = [dest];
         let mut entry = DestinationEntry::default();
         entry.set_latest(old);
-        entry.insert_candidate(a, 100, &old, 0, &path);
-        entry.insert_candidate(b, 300, &old, 0, &path);
+        entry.insert_candidate(a, 100, 0, &old, 0, &path);
+        entry.insert_candidate(b, 300, 0, &old, 0, &path);
         let cost = |slot: Slot| Some((100, ids[usize::from(slot)]));
         assert_eq!(entry.best(cost, 10), Some(a));
         entry.advertised(10, 200, Timestamp::MAX);
         assert_eq!(entry.best(cost, 10), Some(a), "100 < 200 stays feasible");
-        entry.insert_candidate(a, 250, &old, 0, &path);
+        entry.insert_candidate(a, 250, 0, &old, 0, &path);
         assert_eq!(entry.best(cost, 10), None, "250 and 300 are not below 200");
         assert!(!entry.is_usable(a, cost, 10));
         entry.set_latest(new);
-        entry.insert_candidate(c, 5_000, &new, 0, &path);
+        entry.insert_candidate(c, 5_000, 0, &new, 0, &path);
         assert_eq!(entry.best(cost, 10), Some(c), "a newer seqno wins");
         assert_eq!(entry.best(|_| None, 10), None, "no live link, no route");
         // A worse advertisement never raises the distance.
@@ -733,8 +772,8 @@ mod tests {
         // Ties on seqno and metric go to the smaller neighbour id.
         let mut tie = DestinationEntry::default();
         tie.set_latest(old);
-        tie.insert_candidate(a, 100, &old, 0, &path);
-        tie.insert_candidate(b, 100, &old, 0, &path);
+        tie.insert_candidate(a, 100, 0, &old, 0, &path);
+        tie.insert_candidate(b, 100, 0, &old, 0, &path);
         let smaller = if ids[0] < ids[1] { a } else { b };
         assert_eq!(tie.best(cost, 10), Some(smaller));
     }
@@ -749,17 +788,25 @@ mod tests {
             std::mem::size_of::<DestinationEntry>()
         );
         assert!(std::mem::size_of::<Cold>() <= 40);
-        assert_eq!(std::mem::size_of::<Candidate>(), 8);
+        assert_eq!(std::mem::size_of::<Candidate>(), 12);
         let destination = keypair(1);
         let neighbour = keypair(2).node_id();
         let advert = SignedAdvert::sign(&destination, 7, Timestamp::from_millis(1_000));
         let proof = Proof::of(&advert);
         let mut entry = DestinationEntry::default();
         entry.set_latest(proof);
-        entry.insert_candidate(3, 150, &proof, 0, &[neighbour, destination.node_id()]);
+        entry.insert_candidate(
+            3,
+            150,
+            100_000,
+            &proof,
+            0,
+            &[neighbour, destination.node_id()],
+        );
         entry.selected = 3;
         assert!(entry.cold.is_none(), "nothing beyond the entry itself");
         let candidate = *entry.candidate(3).expect("a candidate");
+        assert_eq!(entry.price_of(&candidate), 100_000);
         assert_eq!(entry.advert_of(&candidate, destination.node_id()), advert);
         assert_eq!(
             entry.path_of(&candidate, neighbour, destination.node_id()),
@@ -785,10 +832,10 @@ mod tests {
         let mut entry = DestinationEntry::default();
         entry.set_latest(Proof::of(&old));
         // A four-hop path: the nodes between the ends are kept aside.
-        entry.insert_candidate(0, 10, &Proof::of(&old), 0, &[x, y, z, dest]);
-        entry.insert_candidate(70, 20, &Proof::of(&old), 0, &[z, dest]);
+        entry.insert_candidate(0, 10, 0, &Proof::of(&old), 0, &[x, y, z, dest]);
+        entry.insert_candidate(70, 20, 0, &Proof::of(&old), 0, &[z, dest]);
         entry.set_latest(Proof::of(&new));
-        entry.insert_candidate(1, 30, &Proof::of(&new), 0, &[y, dest]);
+        entry.insert_candidate(1, 30, 0, &Proof::of(&new), 0, &[y, dest]);
         let advert = |entry: &DestinationEntry, slot| {
             entry.advert_of(entry.candidate(slot).expect("a candidate"), dest)
         };
@@ -800,7 +847,7 @@ mod tests {
         assert_eq!(first.hops, 4);
         assert_eq!(entry.path_of(&first, x, dest), vec![x, y, z, dest]);
         // The neighbour in slot 0 catches up: its candidate shares the newest advert again.
-        entry.insert_candidate(0, 10, &Proof::of(&new), 0, &[x, dest]);
+        entry.insert_candidate(0, 10, 0, &Proof::of(&new), 0, &[x, dest]);
         assert_eq!(advert(&entry, 0), new);
         assert_eq!(
             entry.spill().expect("spilled").proofs.len(),
@@ -818,6 +865,35 @@ mod tests {
     }
 
     #[test]
+    fn a_price_too_big_for_the_candidate_is_kept_aside_exactly() {
+        let destination = keypair(1);
+        let dest = destination.node_id();
+        let proof = Proof::of(&SignedAdvert::sign(&destination, 1, Timestamp::ZERO));
+        let mut entry = DestinationEntry::default();
+        entry.set_latest(proof);
+        let below = u64::from(u32::MAX) - 1;
+        let big = [u64::from(u32::MAX), u64::MAX];
+        entry.insert_candidate(0, 5, below, &proof, 0, &[dest]);
+        entry.insert_candidate(1, 5, big[0], &proof, 0, &[dest]);
+        entry.insert_candidate(2, 5, big[1], &proof, 0, &[dest]);
+        let price = |entry: &DestinationEntry, slot| {
+            entry.price_of(entry.candidate(slot).expect("a candidate"))
+        };
+        assert_eq!(
+            [price(&entry, 0), price(&entry, 1), price(&entry, 2)],
+            [below, big[0], big[1]]
+        );
+        assert_eq!(entry.spill().expect("spilled").prices.len(), 2);
+        // A new advertisement at a small price, then removals, free the spilled prices.
+        entry.insert_candidate(1, 5, 7, &proof, 0, &[dest]);
+        assert_eq!(price(&entry, 1), 7);
+        assert!(entry.remove_candidate(2));
+        assert!(entry.remove_candidate(0));
+        assert_eq!(price(&entry, 1), 7);
+        assert!(entry.cold.is_none());
+    }
+
+    #[test]
     fn an_advert_signed_after_it_arrived_expires_from_its_arrival() {
         let destination = keypair(1);
         let dest = destination.node_id();
@@ -829,8 +905,8 @@ mod tests {
         ));
         let mut entry = DestinationEntry::default();
         entry.set_latest(proof);
-        entry.insert_candidate(0, 0, &proof, 3_000, &[dest]);
-        entry.insert_candidate(1, 0, &proof, 0, &[dest]);
+        entry.insert_candidate(0, 0, 0, &proof, 3_000, &[dest]);
+        entry.insert_candidate(1, 0, 0, &proof, 0, &[dest]);
         let expiry = |slot| entry.expires_at(entry.candidate(slot).expect("a candidate"), TIMEOUT);
         assert_eq!(expiry(0), Timestamp::from_millis(302_000));
         assert_eq!(expiry(1), Timestamp::from_millis(305_000));

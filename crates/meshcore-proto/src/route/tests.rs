@@ -252,6 +252,123 @@ fn discovery_on_a_line_of_five_finds_the_whole_path() {
     assert!(sim.routers.iter().all(|r| r.counters().adverts_forged == 0));
 }
 
+/// A line whose node `i` charges `fees[i]` milli-tokens per MB, past its first hellos.
+fn priced_line(fees: &[u64]) -> Sim {
+    let mut sim = Sim::with_defaults(fees.len());
+    for (router, fee) in sim.routers.iter_mut().zip(fees) {
+        assert!(router.set_fee(*fee) || *fee == 0);
+    }
+    for i in 1..fees.len() {
+        sim.link(i - 1, i, good());
+    }
+    sim.run_for(Duration::from_secs(6));
+    sim
+}
+
+fn price(sim: &Sim, from: usize, to: usize) -> Option<u64> {
+    sim.routers[from]
+        .route(&sim.ids[to])
+        .map(|route| route.price)
+}
+
+#[test]
+fn prices_add_up_along_a_line_and_a_node_advertising_itself_charges_nothing() {
+    // O – R1 – R2 – D with fees f1 and f2 at the relays (the ends' fees never show).
+    let (f1, f2) = (100_000, 150_000);
+    let mut sim = priced_line(&[7, f1, f2, 9]);
+    let (o, r1, r2, d) = (0, 1, 2, 3);
+    let now = sim.now;
+    sim.routers[o].find_route(now, sim.ids[d]).expect("started");
+    sim.collect();
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.walk(o, d), [r1, r2, d]);
+    assert_eq!(price(&sim, o, d), Some(f1 + f2));
+    assert_eq!(price(&sim, r1, d), Some(f2));
+    assert_eq!(price(&sim, r2, d), Some(0));
+    assert_eq!(
+        sim.routers[o].advertised_price(&sim.ids[r1], &sim.ids[d]),
+        Some(f1 + f2)
+    );
+    assert_eq!(
+        sim.routers[r2].advertised_price(&sim.ids[d], &sim.ids[d]),
+        Some(0)
+    );
+    assert_eq!(
+        sim.routers[o].advertised_price(&sim.ids[r2], &sim.ids[d]),
+        None,
+        "not a neighbour"
+    );
+    // The reverse routes the request left behind are priced the same way.
+    assert_eq!(price(&sim, d, o), Some(f2 + f1));
+    assert_eq!(price(&sim, r2, o), Some(f1));
+    assert_eq!(price(&sim, r1, o), Some(0));
+    // What travelled: requests from O and the reply from D say 0; each relay adds its fee.
+    for (from, _, message) in &sim.sent {
+        match message {
+            RouteMessage::Rreq(rreq) if rreq.originator.node == sim.ids[o] => {
+                let expected = [0, f1, f1 + f2][*from];
+                assert_eq!(rreq.price, expected, "request from {from}");
+            }
+            RouteMessage::Rrep(rrep) => {
+                let expected = [u64::MAX, f1 + f2, f2, 0][*from];
+                assert_eq!(rrep.price, expected, "reply from {from}");
+            }
+            RouteMessage::Hello(hello) => {
+                for link in &hello.links {
+                    if let Some(route) = &link.route {
+                        assert_eq!(route.price, [7, f1, f2, 9][*from], "hello from {from}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_fee_change_is_re_advertised_with_the_next_hello() {
+    let mut sim = priced_line(&[0, 100_000, 0]);
+    assert_eq!(
+        price(&sim, 0, 2),
+        Some(100_000),
+        "two hops, learned from a hello"
+    );
+    assert_eq!(
+        price(&sim, 0, 1),
+        Some(0),
+        "a neighbour announces itself for free"
+    );
+    assert!(sim.routers[1].set_fee(250_000));
+    assert!(!sim.routers[1].set_fee(250_000), "no change");
+    assert_eq!(sim.routers[1].fee(), 250_000);
+    assert_eq!(price(&sim, 0, 2), Some(100_000), "nothing is sent at once");
+    sim.run_for(sim.routers[1].config().hello_interval);
+    assert_eq!(price(&sim, 0, 2), Some(250_000));
+    assert_eq!(price(&sim, 2, 0), Some(250_000));
+    assert_eq!(
+        sim.routers[0].advertised_price(&sim.ids[1], &sim.ids[2]),
+        Some(250_000)
+    );
+}
+
+#[test]
+fn price_plays_no_part_in_route_selection() {
+    // A diamond 0-1-3, 0-2-3: the way through 1 is faster and far dearer.
+    let mut sim = Sim::with_defaults(4);
+    sim.routers[1].set_fee(1_000_000_000);
+    sim.routers[2].set_fee(1);
+    for (a, b, rtt) in [(0, 1, 10), (1, 3, 10), (0, 2, 30), (2, 3, 30)] {
+        sim.link(a, b, quality(rtt, 0.0));
+    }
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(sim.walk(0, 3), [1, 3]);
+    assert_eq!(price(&sim, 0, 3), Some(1_000_000_000));
+    assert_eq!(
+        sim.routers[0].advertised_price(&sim.ids[2], &sim.ids[3]),
+        Some(1)
+    );
+}
+
 #[test]
 fn expanding_ring_doubles_the_ttl_up_to_max_hops_then_fails() {
     let mut sim = line(2);
@@ -325,6 +442,7 @@ fn remembered_requests_are_bounded() {
             destination: id(7),
             originator: originator.clone(),
             metric: 0,
+            price: 0,
             ttl: 3,
             path: vec![neighbour.node_id()],
         })
@@ -623,6 +741,7 @@ fn forged_and_replayed_advertisements_are_dropped_and_counted() {
             rreq_id: 1,
             destination: advert,
             metric: 300,
+            price: 0,
             path: vec![destination.node_id(), relay],
         })
     };

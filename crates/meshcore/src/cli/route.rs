@@ -60,12 +60,14 @@ pub(super) fn run(args: RouteArgs) -> anyhow::Result<()> {
                     .as_array()
                     .map(|path| path.iter().filter_map(|id| id.as_str()).collect())
                     .unwrap_or_default();
+                // path_price is in milli-tokens per MB.
                 println!(
-                    "{} hops via {} (quality {:.3}, cost {})",
+                    "{} hops via {} (quality {:.3}, cost {}, price {:.3} tokens/MB)",
                     answer["hop_count"],
                     answer["next_hop"].as_str().unwrap_or("?"),
                     answer["path_quality"].as_f64().unwrap_or(0.0),
-                    answer["path_cost"]
+                    answer["path_cost"],
+                    answer["path_price"].as_f64().unwrap_or(0.0) / 1000.0
                 );
                 for (hop, node) in path.iter().enumerate() {
                     println!("  {:>2}  {node}", hop + 1);

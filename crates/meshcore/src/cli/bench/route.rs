@@ -402,6 +402,7 @@ fn route_memory(routes: usize) -> anyhow::Result<serde_json::Value> {
                     destination: elsewhere,
                     originator: advert,
                     metric: 100,
+                    price: 100_000,
                     ttl: 1,
                     path,
                 }),
