@@ -325,8 +325,11 @@ impl Network {
         let routing = match config.routing.clone() {
             Some(options) => match frames.take_receiver() {
                 Some(receiver) => {
+                    let fast_path = options.fast_path;
                     let routing = Routing::start(keys, receiver, store.clone(), options)?;
-                    frames.set_forwarder(routing.forwarder());
+                    if fast_path {
+                        frames.set_forwarder(routing.forwarder());
+                    }
                     Some(routing)
                 }
                 None => None,

@@ -245,6 +245,9 @@ pub struct RoutingOptions {
     /// Setting `app_bandwidth`: bytes per second of this node's own traffic from any one
     /// application (0: no limit).
     pub app_bandwidth: u64,
+    /// Whether link tasks relay packets of admitted flows themselves ([`crate::forward`]);
+    /// true unless a benchmark measures the driver-only path against it.
+    pub fast_path: bool,
 }
 
 impl RoutingOptions {
@@ -260,6 +263,7 @@ impl RoutingOptions {
             ledger: LedgerTerms::default(),
             peer_bandwidth: 0,
             app_bandwidth: 0,
+            fast_path: true,
         }
     }
 }

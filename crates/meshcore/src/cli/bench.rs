@@ -108,6 +108,10 @@ enum BenchKind {
         /// Link-failure recoveries timed.
         #[arg(long, default_value_t = 10)]
         recoveries: usize,
+        /// Relays forward only through their routing driver, not in their link tasks (the
+        /// path before the forwarding plane, for comparison).
+        #[arg(long)]
+        no_fast_path: bool,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -188,6 +192,7 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             message,
             in_flight,
             recoveries,
+            no_fast_path,
             json,
         } => runtime.block_on(route::bench(route::RouteBenchArgs {
             samples,
@@ -198,6 +203,7 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             message,
             in_flight,
             recoveries,
+            fast_path: !no_fast_path,
             json,
         })),
         BenchKind::Relay {

@@ -53,6 +53,8 @@ pub(super) struct RouteBenchArgs {
     pub(super) in_flight: usize,
     /// Link-failure recoveries timed.
     pub(super) recoveries: usize,
+    /// Whether relays forward on the fast path (link tasks) or only through the driver.
+    pub(super) fast_path: bool,
     /// Print JSON.
     pub(super) json: bool,
 }
@@ -127,7 +129,11 @@ fn unix_now() -> Timestamp {
 }
 
 /// A network with the routing driver that links only with `allowed`.
-async fn routed_network(keys: &NodeKeypair, allowed: Vec<NodeId>) -> anyhow::Result<Network> {
+async fn routed_network(
+    keys: &NodeKeypair,
+    allowed: Vec<NodeId>,
+    fast_path: bool,
+) -> anyhow::Result<Network> {
     let config = NetworkConfig {
         listen: "127.0.0.1:0".parse()?,
         bootstrap: Vec::new(),
@@ -141,11 +147,10 @@ async fn routed_network(keys: &NodeKeypair, allowed: Vec<NodeId>) -> anyhow::Res
         dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
         dht_discovery: false,
         allowed_peers: allowed,
-        routing: Some(RoutingOptions::new(
-            10,
-            Duration::from_secs(300),
-            rand::random(),
-        )),
+        routing: Some(RoutingOptions {
+            fast_path,
+            ..RoutingOptions::new(10, Duration::from_secs(300), rand::random())
+        }),
         webrtc: None,
     };
     Ok(Network::start(keys, config, Store::open_in_memory().await?).await?)
@@ -162,6 +167,15 @@ pub(super) async fn topology(
     nodes: usize,
     edges: &[(usize, usize)],
 ) -> anyhow::Result<Vec<Network>> {
+    topology_with(nodes, edges, true).await
+}
+
+/// [`topology`], with the relays' fast path on or off.
+pub(super) async fn topology_with(
+    nodes: usize,
+    edges: &[(usize, usize)],
+    fast_path: bool,
+) -> anyhow::Result<Vec<Network>> {
     let keys: Vec<NodeKeypair> = (0..nodes)
         .map(|_| NodeKeypair::generate(&mut rand::rngs::OsRng))
         .collect();
@@ -176,7 +190,7 @@ pub(super) async fn topology(
                 _ => None,
             })
             .collect();
-        networks.push(routed_network(key, allowed).await?);
+        networks.push(routed_network(key, allowed, fast_path).await?);
     }
     for &(a, b) in edges {
         networks[a]
@@ -192,10 +206,10 @@ pub(super) async fn topology(
 }
 
 /// A line of `relays + 2` nodes.
-async fn line(relays: usize) -> anyhow::Result<Vec<Network>> {
+async fn line(relays: usize, fast_path: bool) -> anyhow::Result<Vec<Network>> {
     let nodes = relays + 2;
     let edges: Vec<(usize, usize)> = (0..nodes - 1).map(|i| (i, i + 1)).collect();
-    topology(nodes, &edges).await
+    topology_with(nodes, &edges, fast_path).await
 }
 
 pub(super) async fn shutdown_all(networks: Vec<Network>) {
@@ -485,7 +499,7 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
     let mut latency: Vec<LineLatency> = Vec::new();
     let mut throughput: Vec<LineThroughput> = Vec::new();
     for relays in RELAYS {
-        let networks = line(relays).await?;
+        let networks = line(relays, args.fast_path).await?;
         let (hops, timed, driver) = round_trips(&networks, args.warmup, args.samples).await?;
         let rtt = quantiles(timed);
         let added = |pick: fn(&Quantiles) -> f64| {
@@ -536,6 +550,7 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
     let recovery_q = quantiles(recoveries.clone());
 
     let report = json!({
+        "fast_path": args.fast_path,
         "probe_bytes": PROBE_BYTES,
         "latency": latency,
         "relay_forwarding": relay,
@@ -558,7 +573,10 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!("Round trips of Routing::send ({PROBE_BYTES}-byte message + acknowledgement), µs:");
+    println!(
+        "Round trips of Routing::send ({PROBE_BYTES}-byte message + acknowledgement), µs, relays forwarding {}:",
+        if args.fast_path { "in their link tasks (fast path)" } else { "through their routing driver only (--no-fast-path)" }
+    );
     println!(
         "{:<8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>10} {:>16} {:>16}",
         "relays",
