@@ -112,7 +112,10 @@
 //! the ledger says so, and arrive checked ([`Ledger::accept_iou`]). A neighbour cut off for debt
 //! ([`Standing::CutOff`]) has its packets refused (`unpaid`) like a refused flow.
 //! Acknowledgements raise the reputation of the next hop that carried the message; messages
-//! whose caller gave up lower it. The ledger is persisted by [`crate::ledger`].
+//! whose caller gave up lower it. A message still unacknowledged after
+//! [`AVOID_AFTER_RETRANSMISSIONS`] retransmissions through the same next hop lowers that next
+//! hop's reputation and makes the router set it aside for the destination for a while
+//! ([`Router::delivery_failed`]), so a relay that drops packets is routed around. The ledger is persisted by [`crate::ledger`].
 //!
 //! # The driver
 //!
@@ -217,6 +220,12 @@ pub const RECEIVED_KEPT: usize = 256;
 /// A message not acknowledged within this is sent again (sealed afresh, same sequence, over
 /// the route known then, or after a new discovery), until its caller's timeout.
 pub const RETRANSMIT_AFTER: Duration = Duration::from_millis(1000);
+/// A message still unacknowledged after this many retransmissions over the same next hop
+/// makes the router set that next hop aside for its destination
+/// ([`Router::delivery_failed`]) and costs the next hop reputation: a relay that drops
+/// packets is routed around (design.md §3).
+pub const AVOID_AFTER_RETRANSMISSIONS: u8 = 2;
+
 /// (source, sequence) pairs of delivered messages remembered, so that a message sent again
 /// is acknowledged again but delivered once.
 pub const DELIVERED_KEPT: usize = 4096;
@@ -1205,6 +1214,9 @@ struct PendingAck {
     /// Its flow id ([`MESSAGE_FLOW`] or [`SIGNAL_FLOW`]).
     flow: u32,
     last_sent: tokio::time::Instant,
+    /// The next hop of its latest sending, and how many times in a row it went there
+    /// unacknowledged.
+    via: Option<(NodeId, u8)>,
 }
 
 struct Driver {
@@ -1487,6 +1499,7 @@ impl Driver {
                         payload,
                         flow,
                         last_sent: now,
+                        via: Some((next_hop, 1)),
                     },
                 );
             }
@@ -1939,8 +1952,22 @@ impl Driver {
             })
             .collect();
         for (sequence, destination, payload, flow) in due {
+            let mut failed_via = None;
             if let Some(pending) = self.pending_acks.get_mut(&sequence) {
                 pending.last_sent = now;
+                if let Some((via, sends)) = pending.via {
+                    if sends > AVOID_AFTER_RETRANSMISSIONS {
+                        failed_via = Some(via);
+                        pending.via = None;
+                    }
+                }
+            }
+            if let Some(via) = failed_via {
+                let at = self::now();
+                tracing::info!(%destination, next_hop = %via, "routing: messages through this next hop go unacknowledged; routing around it");
+                self.router.delivery_failed(at, destination, via);
+                self.book.delivery(at, via, false);
+                self.routes_dirty = true;
             }
             let Some(next_hop) = self.router.next_hop(&destination) else {
                 let _ = self.router.find_route(self::now(), destination);
@@ -1961,6 +1988,12 @@ impl Driver {
                 .is_ok()
             {
                 self.stats.retransmissions += 1;
+                if let Some(pending) = self.pending_acks.get_mut(&sequence) {
+                    pending.via = match pending.via {
+                        Some((via, sends)) if via == next_hop => Some((via, sends + 1)),
+                        _ => Some((next_hop, 1)),
+                    };
+                }
             }
         }
     }
@@ -2775,6 +2808,54 @@ mod driver_tests {
         // r itself is reachable.
         a.0.find_route(r_id, WAIT).await.expect("a route to r");
         for node in [&a.0, &r.0, &c.0, &b.0] {
+            node.shutdown().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_drops_packets_is_routed_around_and_loses_reputation() {
+        // a–d through d's neighbours x and y; x silently drops every data packet it should
+        // hand to d (it still relays route messages and acknowledgements).
+        let a = node(41).await;
+        let x = node(42).await;
+        let y = node(43).await;
+        let d = node(44).await;
+        let (x_id, y_id, d_id) = (x.0.node_id(), y.0.node_id(), d.0.node_id());
+        join((&a.0, &a.1), (&x.0, &x.1), (1, 2));
+        let (x_to_d, x_out) = LinkHandle::in_memory(LinkId(3), d_id);
+        let (d_to_x, d_out) = LinkHandle::in_memory(LinkId(4), x_id);
+        wire(x_out, x_id, LinkId(4), d.1.clone(), |frame| {
+            frame.first() == Some(&TAG_DATA)
+        });
+        wire(d_out, d_id, LinkId(3), x.1.clone(), |_| false);
+        x.0.link_up(x_to_d);
+        d.0.link_up(d_to_x);
+        // Only the way through x exists when a first asks.
+        let route = a.0.find_route(d_id, WAIT).await.expect("a route to d");
+        assert_eq!(route.next_hop, x_id.to_hex(), "{route:?}");
+        join((&a.0, &a.1), (&y.0, &y.1), (5, 6));
+        join((&y.0, &y.1), (&d.0, &d.1), (7, 8));
+
+        let delivery =
+            a.0.send(d_id, Bytes::from_static(b"around the dropper"), WAIT)
+                .await
+                .expect("delivered in the end");
+        assert_eq!(delivery.hops, 2);
+        let route = a.0.find_route(d_id, WAIT).await.expect("a route to d");
+        assert_eq!(route.next_hop, y_id.to_hex(), "around x: {route:?}");
+        let stats = a.0.stats().await.expect("stats");
+        assert!(stats.retransmissions >= 3, "{stats:?}");
+        // x lost reputation at a; y, which delivered, gained some.
+        let tokens = a.0.tokens().await.expect("tokens");
+        let multiplier = |id: &NodeId| {
+            tokens
+                .neighbours
+                .iter()
+                .find(|n| n.node_id == id.to_hex())
+                .map_or(1.0, |n| n.reputation_multiplier)
+        };
+        assert!(multiplier(&y_id) > multiplier(&x_id), "{tokens:?}");
+        for node in [&a.0, &x.0, &y.0, &d.0] {
             node.shutdown().await;
         }
     }

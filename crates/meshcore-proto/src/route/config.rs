@@ -49,6 +49,13 @@ pub struct RouterConfig {
     /// Most `(originator, rreq_id)` pairs remembered (default 1024); the oldest is
     /// forgotten first.
     pub max_seen_rreqs: usize,
+    /// How long a neighbour through which end-to-end delivery to a destination failed is
+    /// not used for that destination ([`Router::delivery_failed`](crate::route::Router::delivery_failed);
+    /// default 60 s).
+    pub avoid_time: Duration,
+    /// Most (destination, neighbour) pairs avoided at once (default 1024); the one due to
+    /// end first is forgotten to make room.
+    pub max_avoided: usize,
     /// Most destinations with state (routes, feasibility distances) (default 4096).
     /// Advertisements for new destinations beyond it are refused and counted.
     pub max_destinations: usize,
@@ -94,6 +101,8 @@ impl RouterConfig {
             rerr_rate_limit: 10,
             rreq_seen_time: Duration::from_secs(10),
             max_seen_rreqs: 1024,
+            avoid_time: Duration::from_secs(60),
+            max_avoided: 1024,
             max_destinations: 4096,
             max_neighbours: 64,
             max_discoveries: 64,
@@ -164,6 +173,7 @@ impl RouterConfig {
         }
         for (field, value) in [
             ("max_seen_rreqs", self.max_seen_rreqs),
+            ("max_avoided", self.max_avoided),
             ("max_destinations", self.max_destinations),
             ("max_neighbours", self.max_neighbours),
             ("max_discoveries", self.max_discoveries),

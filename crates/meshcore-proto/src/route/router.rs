@@ -165,6 +165,8 @@ pub struct RouteCounters {
     pub discoveries_failed: u64,
     /// Routes switched to an alternate after their next hop was lost.
     pub local_repairs: u64,
+    /// Next hops set aside for a destination after end-to-end delivery through them failed.
+    pub deliveries_failed: u64,
     /// Selected routes lost with no alternate.
     pub routes_lost: u64,
     /// Candidates that reached their expiry.
@@ -356,6 +358,8 @@ pub struct Router {
     next_hello: Timestamp,
     /// Nothing in the table, graph or wanted set expires before this.
     next_purge: Timestamp,
+    /// (destination, neighbour) → until when that neighbour is not used for it.
+    avoided: BTreeMap<(NodeId, NodeId), Timestamp>,
     rng: ChaCha8Rng,
     counters: RouteCounters,
 }
@@ -395,6 +399,7 @@ impl Router {
             pending_rerrs: BTreeMap::new(),
             next_hello: now,
             next_purge: Timestamp::MAX,
+            avoided: BTreeMap::new(),
             rng,
             counters: RouteCounters::default(),
         };
@@ -637,6 +642,46 @@ impl Router {
             self.withdraw_towards(now, from, destination);
         }
         self.finish_input();
+    }
+
+    /// End-to-end delivery to `destination` through the neighbour `via` failed: the
+    /// driver's messages sent that way went unacknowledged (design.md §3: dropping relays
+    /// are found by delivery measurement and routed around). For `avoid_time` this router
+    /// does not select a route to `destination` through `via` and does not send its own
+    /// route requests for it to `via`: the route moves to another known path (local
+    /// repair), or is lost and rediscovered around `via`. Routes to other destinations
+    /// through `via` are untouched. Nothing happens for this node itself or a non-neighbour.
+    pub fn delivery_failed(&mut self, now: Timestamp, destination: NodeId, via: NodeId) {
+        self.housekeeping(now);
+        if destination == self.local || !self.links.contains_key(&via) {
+            self.finish_input();
+            return;
+        }
+        self.counters.deliveries_failed += 1;
+        if self.avoided.len() >= self.config.max_avoided
+            && !self.avoided.contains_key(&(destination, via))
+        {
+            if let Some(first) = self
+                .avoided
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(key, _)| *key)
+            {
+                self.avoided.remove(&first);
+            }
+        }
+        let until = now.saturating_add(self.config.avoid_time);
+        self.avoided.insert((destination, via), until);
+        self.next_purge = self.next_purge.min(until);
+        self.reselect(now, destination);
+        self.finish_input();
+    }
+
+    /// Whether `neighbour` is set aside for `destination` at `now`.
+    fn is_avoided(&self, destination: &NodeId, neighbour: &NodeId, now: Timestamp) -> bool {
+        self.avoided
+            .get(&(*destination, *neighbour))
+            .is_some_and(|until| now < *until)
     }
 
     /// The driver refused to relay a data packet for `destination` that came from the
@@ -1110,9 +1155,15 @@ impl Router {
     /// local repair when the old next hop became unusable and another is there, a lost
     /// route when none is.
     fn reselect(&mut self, now: Timestamp, destination: NodeId) {
-        let (links, slots) = (&self.links, &self.slots);
+        let (links, slots, avoided) = (&self.links, &self.slots, &self.avoided);
         let cost = |slot: Slot| {
             let neighbour = slots.get(usize::from(slot)).copied().flatten()?;
+            if avoided
+                .get(&(destination, neighbour))
+                .is_some_and(|until| now < *until)
+            {
+                return None;
+            }
             links.get(&neighbour).map(|link| (link.cost, neighbour))
         };
         let max_hops = self.config.max_hops;
@@ -1323,7 +1374,12 @@ impl Router {
     }
 
     fn send_rreq(&mut self, now: Timestamp, destination: NodeId, ttl: u8) {
-        let recipients: Vec<NodeId> = self.links.keys().copied().collect();
+        let recipients: Vec<NodeId> = self
+            .links
+            .keys()
+            .filter(|neighbour| !self.is_avoided(&destination, neighbour, now))
+            .copied()
+            .collect();
         if recipients.is_empty() {
             return;
         }
@@ -1478,6 +1534,17 @@ impl Router {
             self.destinations.remove(&destination);
         }
         next = next.min(self.graph.purge(now));
+        let ended: Vec<(NodeId, NodeId)> = self
+            .avoided
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in ended {
+            self.avoided.remove(&key);
+            changed.push(key.0);
+        }
+        next = self.avoided.values().copied().fold(next, Timestamp::min);
         self.next_purge = next;
         for destination in changed {
             self.reselect(now, destination);

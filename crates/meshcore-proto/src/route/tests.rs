@@ -695,6 +695,30 @@ fn a_node_that_stops_relaying_withdraws_its_routes_when_a_packet_comes() {
 }
 
 #[test]
+fn a_next_hop_that_loses_deliveries_is_routed_around_for_a_while() {
+    let mut sim = detour(true);
+    discover(&mut sim, 0, 4);
+    assert_eq!(sim.walk(0, 4), [1, 4], "the short way first");
+    // The driver's messages to 4 through 1 go unacknowledged: 0 sets 1 aside for 4.
+    let (now, to, via) = (sim.now, sim.ids[4], sim.ids[1]);
+    sim.routers[0].delivery_failed(now, to, via);
+    sim.collect();
+    assert_eq!(sim.routers[0].counters().deliveries_failed, 1);
+    assert_eq!(sim.routers[0].next_hop(&to), None, "no other way known yet");
+    discover(&mut sim, 0, 4);
+    assert_eq!(sim.walk(0, 4), [2, 3, 4], "rediscovered around node 1");
+    // Other destinations through 1 are untouched.
+    assert_eq!(sim.routers[0].next_hop(&via), Some(via));
+    // Hellos and answers through 1 do not bring it back while it is set aside...
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.walk(0, 4), [2, 3, 4]);
+    // ...and after `avoid_time` (60 s) the short way may be chosen again.
+    sim.run_for(Duration::from_secs(40));
+    discover(&mut sim, 0, 4);
+    assert_eq!(sim.walk(0, 4), [1, 4], "the short way again");
+}
+
+#[test]
 fn routes_expire_after_route_timeout() {
     let config = |i: usize| {
         let mut config = RouterConfig::new(i as u64);
@@ -927,6 +951,8 @@ enum Op {
     NextTimeout,
     /// Node a could not forward a data packet from its neighbour b for node c.
     Unroutable(usize, usize, usize),
+    /// Node a's deliveries to node c through its next hop went unacknowledged.
+    DeliveryFailed(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -942,7 +968,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (pair.clone(), 1u16..300, 0u8..90).prop_map(|((a, b), rtt, loss)| Op::Metric(a, b, rtt, loss)),
         2 => (0u16..3000).prop_map(Op::Advance),
         2 => Just(Op::NextTimeout),
-        2 => (pair, 0usize..8).prop_map(|((a, b), c)| Op::Unroutable(a, b, c)),
+        2 => (pair.clone(), 0usize..8).prop_map(|((a, b), c)| Op::Unroutable(a, b, c)),
+        1 => pair.prop_map(|(a, c)| Op::DeliveryFailed(a, c)),
     ]
 }
 
@@ -1084,6 +1111,15 @@ proptest! {
                     if sim.routers[a].next_hop(&sim.ids[c]).is_none() {
                         let (from, destination) = (sim.ids[b], sim.ids[c]);
                         sim.routers[a].handle_unroutable(now, from, destination.as_bytes());
+                        sim.collect();
+                    }
+                }
+                Op::DeliveryFailed(a, c) => {
+                    let (a, c) = (a % size, c % size);
+                    // As the driver reports it: through the next hop it used.
+                    if let Some(via) = sim.routers[a].next_hop(&sim.ids[c]) {
+                        let destination = sim.ids[c];
+                        sim.routers[a].delivery_failed(now, destination, via);
                         sim.collect();
                     }
                 }
