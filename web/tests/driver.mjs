@@ -325,23 +325,33 @@ async function browsersScenario(launch) {
     await client.connectToPeer(peerId);
     return performance.now() - started;
   }, idB.peerId);
-  const aToB = await a.run('sending to B', MESSAGE_TIMEOUT_MS, (peerId) =>
-    window.meshcoreTest.client.sendToPeer(peerId, { text: 'hi from A' }), idB.peerId);
-  const bGot = await b.nextMessage();
-  requireMessage('B', bGot, idA.peerId, 'hi from A');
-  const bToA = await b.run('replying to A', MESSAGE_TIMEOUT_MS, (peerId) =>
-    window.meshcoreTest.client.sendToPeer(peerId, { text: 'hi from B' }), idA.peerId);
-  const aGot = await a.nextMessage();
-  requireMessage('A', aGot, idB.peerId, 'hi from B');
   return {
     open_ms: round(openMs),
     a_id: idA.peerId,
     b_id: idB.peerId,
-    a_got: aGot,
-    b_got: bGot,
-    a_to_b: aToB,
-    b_to_a: bToA,
+    ...(await exchangeMessages(a, idA.peerId, b, idB.peerId, 'hi from A')),
   };
+}
+
+/**
+ * A sends `text` to B over their open channel and B replies `hi from B`; each checks what
+ * it got.
+ * @param {ClientBrowser} a
+ * @param {string} idA
+ * @param {ClientBrowser} b
+ * @param {string} idB
+ * @param {string} text
+ */
+async function exchangeMessages(a, idA, b, idB, text) {
+  const aToB = await a.run('sending to B', MESSAGE_TIMEOUT_MS, ([peerId, message]) =>
+    window.meshcoreTest.client.sendToPeer(peerId, { text: message }), [idB, text]);
+  const bGot = await b.nextMessage();
+  requireMessage('B', bGot, idA, text);
+  const bToA = await b.run('replying to A', MESSAGE_TIMEOUT_MS, (peerId) =>
+    window.meshcoreTest.client.sendToPeer(peerId, { text: 'hi from B' }), idA);
+  const aGot = await a.nextMessage();
+  requireMessage('A', aGot, idB, 'hi from B');
+  return { a_got: aGot, b_got: bGot, a_to_b: aToB, b_to_a: bToA };
 }
 
 /**
@@ -389,14 +399,6 @@ async function meshBrowsersScenario(launch, { origin2 }) {
     },
     idB.peerId,
   );
-  const aToB = await a.run('sending to B', MESSAGE_TIMEOUT_MS, (peerId) =>
-    window.meshcoreTest.client.sendToPeer(peerId, { text: 'hi from A across the mesh' }), idB.peerId);
-  const bGot = await b.nextMessage();
-  requireMessage('B', bGot, idA.peerId, 'hi from A across the mesh');
-  const bToA = await b.run('replying to A', MESSAGE_TIMEOUT_MS, (peerId) =>
-    window.meshcoreTest.client.sendToPeer(peerId, { text: 'hi from B' }), idA.peerId);
-  const aGot = await a.nextMessage();
-  requireMessage('A', aGot, idB.peerId, 'hi from B');
   return {
     open_ms: round(openMs),
     attempts,
@@ -404,10 +406,7 @@ async function meshBrowsersScenario(launch, { origin2 }) {
     a_node: idA.nodeId,
     b_id: idB.peerId,
     b_node: idB.nodeId,
-    a_got: aGot,
-    b_got: bGot,
-    a_to_b: aToB,
-    b_to_a: bToA,
+    ...(await exchangeMessages(a, idA.peerId, b, idB.peerId, 'hi from A across the mesh')),
   };
 }
 

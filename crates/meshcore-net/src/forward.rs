@@ -279,6 +279,23 @@ mod tests {
         next_out: mpsc::Receiver<Bytes>,
     }
 
+    impl Setup {
+        /// The flow (upstream, source), as the driver admits it for its first packet.
+        fn flow(&self) -> FlowKey {
+            FlowKey {
+                previous_hop: self.upstream,
+                source: *self.source.as_bytes(),
+            }
+        }
+
+        fn admit_flow(&self) {
+            self.forwarder
+                .relay()
+                .admit(crate::clock::now(), self.flow(), 1)
+                .expect("the driver admits the flow");
+        }
+    }
+
     /// local (1) with neighbours upstream (2) and next (3); destination (4) via next.
     fn setup() -> Setup {
         let (local, upstream, next, destination, source) = (id(1), id(2), id(3), id(4), id(5));
@@ -314,15 +331,7 @@ mod tests {
         let received = frame(setup.upstream, data.clone());
         // The limiter does not know the flow: the driver decides (and may refuse it).
         assert!(!setup.forwarder.try_forward(&received));
-        let key = FlowKey {
-            previous_hop: setup.upstream,
-            source: *setup.source.as_bytes(),
-        };
-        setup
-            .forwarder
-            .relay()
-            .admit(crate::clock::now(), key, 1)
-            .expect("the driver admits the flow");
+        setup.admit_flow();
         assert!(setup.forwarder.try_forward(&received));
         let out = setup.next_out.try_recv().expect("on the next hop's link");
         assert_eq!(out.len(), data.len());
@@ -352,15 +361,7 @@ mod tests {
     #[test]
     fn everything_but_the_common_case_is_left_to_the_driver() {
         let mut setup = setup();
-        let key = FlowKey {
-            previous_hop: setup.upstream,
-            source: *setup.source.as_bytes(),
-        };
-        setup
-            .forwarder
-            .relay()
-            .admit(crate::clock::now(), key, 1)
-            .expect("admitted");
+        setup.admit_flow();
         let data = packet(setup.source, setup.destination);
         // Route control, unknown destinations, packets for this node.
         let mut control = data.to_vec();
@@ -398,15 +399,11 @@ mod tests {
     #[test]
     fn packets_over_the_budget_are_dropped_here_and_not_booked() {
         let mut setup = setup();
-        let key = FlowKey {
-            previous_hop: setup.upstream,
-            source: *setup.source.as_bytes(),
-        };
-        let at = crate::clock::now();
-        let mut relay = setup.forwarder.relay();
-        relay.set_limits(at, true, 1);
-        relay.admit(at, key, 1).expect("admitted");
-        drop(relay);
+        setup
+            .forwarder
+            .relay()
+            .set_limits(crate::clock::now(), true, 1);
+        setup.admit_flow();
         let data = packet(setup.source, setup.destination);
         let mut forwarded = 0;
         for _ in 0..2_000 {
