@@ -9,7 +9,11 @@ export interface MeshcoreP2POptions {
   apiUrl?: string;
   /** A data channel to a peer opened. */
   onPeerConnected?: (peerId: string) => void;
-  /** A peer sent application data: the parsed JSON, or the text itself when it is not JSON. */
+  /**
+   * A peer sent application data: the parsed JSON, or the text itself when it is not JSON.
+   * `peerId` is the sender's own id, also for a node or a browser elsewhere on the mesh
+   * whose message the node carried.
+   */
   onMessage?: (peerId: string, data: unknown) => void;
   /** An open data channel closed. */
   onPeerDisconnected?: (peerId: string) => void;
@@ -28,7 +32,7 @@ export interface MeshcoreP2POptions {
 export interface DeliveryResult {
   /** Always true: failures reject instead. */
   delivered: true;
-  /** 0 over a direct data channel, else the mesh hops the node reports. */
+  /** 0 over a direct data channel, else every link the message crossed (data channels included). */
   hops: number;
   /** Round trip until the acknowledgement, in milliseconds. */
   rtt_ms: number;
@@ -160,9 +164,10 @@ export declare class MeshcoreP2P {
 
   /**
    * Sends `data` (anything `JSON.stringify` accepts, at most 64 KiB of JSON). Over an open
-   * data channel it resolves on the peer's acknowledgement with `hops: 0`; to any other node
-   * it goes through the connected node across the mesh and resolves with the node's report,
-   * or rejects with the node's error text.
+   * data channel it resolves on the peer's acknowledgement with `hops: 0`. To any other
+   * peer — a node, or a browser on any node — it goes, signed by this client, through the
+   * connected node across the mesh (the receiver sees this client's id as the sender) and
+   * resolves once the peer has it, or rejects with the node's error text.
    */
   sendToPeer(peerId: string, data: unknown): Promise<DeliveryResult>;
 

@@ -30,8 +30,14 @@ const DATA_CHANNEL_LABEL = 'meshcore';
 /** Largest body of an application or diagnostic message (64 KiB). */
 const MAX_BODY_BYTES = 64 * 1024;
 
+/** MESH_SEND's fixed fields: request, destination, message id, timestamp, signature. */
+const MESH_SEND_FIXED_BYTES = 4 + 32 + 16 + 8 + 64;
+
+/** MESH_MESSAGE's fixed fields: sequence, source, hops. */
+const MESH_MESSAGE_FIXED_BYTES = 4 + 32 + 1;
+
 /** Largest data-channel message: a body and its fixed fields. */
-const MAX_MESSAGE_BYTES = MAX_BODY_BYTES + 64;
+const MAX_MESSAGE_BYTES = MAX_BODY_BYTES + MESH_SEND_FIXED_BYTES + 1;
 
 /** Most bytes one SOURCE request may ask the node for (1 GiB). */
 const MAX_SOURCE_BYTES = 2 ** 30;
@@ -90,6 +96,7 @@ const Tag = Object.freeze({
   SINK: 0x0d,
   SINK_END: 0x0e,
   SINK_REPORT: 0x0f,
+  MESH_MESSAGE: 0x10,
 });
 
 /** The tags another browser may send; the rest come only from a node. */
@@ -321,8 +328,11 @@ export class MeshcoreP2P {
   /**
    * Sends `data` (anything `JSON.stringify` accepts) to a peer. Over an open data channel
    * (the node or a browser) it goes as one APP message and resolves on its APP_ACK with
-   * `hops: 0`; to any other node it goes through the connected node across the mesh and
-   * resolves with the node's report, or rejects with the node's error text.
+   * `hops: 0`. To any other peer — a node, or a browser on any node — it goes, signed by
+   * this client, through the connected node across the mesh; the receiver sees this
+   * client's id as the sender. It resolves with the node's report once the peer has it
+   * (`hops` counts every link, the data channels included), or rejects with the node's
+   * error text.
    *
    * @param {string} peerId The destination's id.
    * @param {unknown} data The message.
@@ -342,11 +352,6 @@ export class MeshcoreP2P {
     if (peerId === this.peerId) {
       throw new Error('cannot send to this client itself');
     }
-    if (direct || this.#availablePeers.has(peerId)) {
-      throw new Error(
-        `no open data channel to browser ${describePeer(peerId)}: call connectToPeer first`,
-      );
-    }
     const gateway = this.#links.get(this.#nodeId);
     if (gateway?.state !== 'open') {
       throw new Error(
@@ -354,7 +359,19 @@ export class MeshcoreP2P {
           'across the mesh: call connectToPeer(nodeId) first',
       );
     }
-    return gateway.meshSend(hexToBytes(peerId), payload);
+    const id = crypto.getRandomValues(new Uint8Array(16));
+    const timestamp = Date.now();
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', payload));
+    const text = [
+      'meshcore-browser-message/1',
+      this.peerId,
+      peerId,
+      bytesToHex(id),
+      String(timestamp),
+      bytesToHex(digest),
+    ].join('\n');
+    const signature = await signText(this.#identity.privateKey, 'browser-message', text);
+    return gateway.meshSend(hexToBytes(peerId), payload, { id, timestamp, signature: hexToBytes(signature) });
   }
 
   /**
@@ -731,6 +748,9 @@ export class MeshcoreP2P {
           this.#onLinkClosed(closed, reason, wasOpen, superseded),
         onApp: (from, data) =>
           this.#notify('onMessage', () => this.#callbacks.onMessage(from.peerId, data)),
+        // A peer elsewhere on the mesh, carried by the node (PROTOCOL.md, MESH_MESSAGE).
+        onMeshMessage: (sourceId, data) =>
+          this.#notify('onMessage', () => this.#callbacks.onMessage(sourceId, data)),
         onLocalCandidate: (from, candidate) => {
           // Without signaling the candidate is lost; the peer still learns this address
           // from connectivity checks (a peer-reflexive candidate).
@@ -992,6 +1012,7 @@ class PeerLink {
    *   onClosed: (link: PeerLink, reason: Error | null,
    *     how: {wasOpen: boolean, superseded: boolean}) => void,
    *   onApp: (link: PeerLink, data: unknown) => void,
+   *   onMeshMessage: (sourceId: string, data: unknown, hops: number) => void,
    *   onLocalCandidate: (link: PeerLink, candidate: RTCIceCandidateInit) => void,
    *   onError: (error: Error) => void,
    * }} init.events
@@ -1128,9 +1149,11 @@ class PeerLink {
    * Asks the node to carry `payload` to `destination` across the mesh.
    * @param {Uint8Array} destination 32 bytes.
    * @param {Uint8Array} payload
+   * @param {{id: Uint8Array, timestamp: number, signature: Uint8Array}} signed The
+   *   message id (16 bytes), when it was signed (Unix ms) and this client's signature.
    * @returns {Promise<DeliveryResult>}
    */
-  async meshSend(destination, payload) {
+  async meshSend(destination, payload, signed) {
     const request = this.#nextRequest;
     this.#nextRequest = (this.#nextRequest + 1) >>> 0;
     const result = this.#meshResults.wait(
@@ -1138,7 +1161,7 @@ class PeerLink {
       MESH_RESULT_TIMEOUT_MS,
       `the node reported nothing on a mesh send within ${MESH_RESULT_TIMEOUT_MS / 1000} s`,
     );
-    this.send(meshSendFrame(request, destination, payload)).catch((error) =>
+    this.send(meshSendFrame(request, destination, signed, payload)).catch((error) =>
       this.#meshResults.reject(request, error),
     );
     return result;
@@ -1327,6 +1350,17 @@ class PeerLink {
         }
         this.send(u32Frame(Tag.APP_ACK, message.seq)).catch(() => {});
         this.#events.onApp(this, parseAppText(text));
+        return;
+      }
+      case Tag.MESH_MESSAGE: {
+        let text;
+        try {
+          text = strictUtf8Decoder.decode(message.payload);
+        } catch {
+          throw new ProtocolError('a MESH_MESSAGE payload that is not UTF-8');
+        }
+        this.send(u32Frame(Tag.APP_ACK, message.seq)).catch(() => {});
+        this.#events.onMeshMessage(message.source, parseAppText(text), message.hops);
         return;
       }
       case Tag.APP_ACK:
@@ -1813,7 +1847,7 @@ function idbRequest(request) {
 
 /**
  * @param {CryptoKey} privateKey
- * @param {'dtls-fingerprint' | 'signal-hello'} domain
+ * @param {'dtls-fingerprint' | 'signal-hello' | 'browser-message'} domain
  * @param {string} text
  * @returns {Promise<string>} 128 hex characters.
  */
@@ -1825,7 +1859,7 @@ async function signText(privateKey, domain, text) {
 /**
  * The bytes a Meshcore signature covers: `meshcore-sig-v1`, 0, the domain tag, 0, the text
  * (PROTOCOL.md, "Identities").
- * @param {'dtls-fingerprint' | 'signal-hello'} domain
+ * @param {'dtls-fingerprint' | 'signal-hello' | 'browser-message'} domain
  * @param {string} text
  * @returns {Uint8Array<ArrayBuffer>}
  */
@@ -1902,6 +1936,7 @@ function sdpFingerprint(sdp) {
  *   | {tag: 4 | 11, bytes: Uint8Array}
  *   | {tag: 5, seq: number, payload: Uint8Array}
  *   | {tag: 6, seq: number}
+ *   | {tag: 16, seq: number, source: string, hops: number, payload: Uint8Array}
  *   | {tag: 8, request: number, status: 0 | 1, hops: number, rttMs: number, errorText: string}
  *   | {tag: 12 | 15, total: number, sha256: string}} DecodedFrame
  */
@@ -1942,6 +1977,18 @@ function decodeFrame(bytes) {
     case Tag.APP_ACK:
       expect(bodyLength === 4, 'APP_ACK');
       return { tag, seq: view.getUint32(1) };
+    case Tag.MESH_MESSAGE:
+      expect(
+        bodyLength >= MESH_MESSAGE_FIXED_BYTES && bodyLength - MESH_MESSAGE_FIXED_BYTES <= MAX_BODY_BYTES,
+        'MESH_MESSAGE',
+      );
+      return {
+        tag,
+        seq: view.getUint32(1),
+        source: bytesToHex(bytes.subarray(5, 37)),
+        hops: bytes[37],
+        payload: bytes.subarray(38),
+      };
     case Tag.MESH_RESULT: {
       expect(bodyLength >= 10, 'MESH_RESULT');
       const status = bytes[5];
@@ -2023,18 +2070,24 @@ function appFrame(seq, payload) {
 }
 
 /**
- * MESH_SEND: u32 request, 32-byte destination id, payload.
+ * MESH_SEND: u32 request, 32-byte destination id, 16-byte message id, u64 timestamp (Unix
+ * ms), 64-byte signature, payload.
  * @param {number} request
  * @param {Uint8Array} destination
+ * @param {{id: Uint8Array, timestamp: number, signature: Uint8Array}} signed
  * @param {Uint8Array} payload
  * @returns {Uint8Array<ArrayBuffer>}
  */
-function meshSendFrame(request, destination, payload) {
-  const frame = new Uint8Array(37 + payload.byteLength);
+function meshSendFrame(request, destination, signed, payload) {
+  const frame = new Uint8Array(1 + MESH_SEND_FIXED_BYTES + payload.byteLength);
+  const view = new DataView(frame.buffer);
   frame[0] = Tag.MESH_SEND;
-  new DataView(frame.buffer).setUint32(1, request);
+  view.setUint32(1, request);
   frame.set(destination, 5);
-  frame.set(payload, 37);
+  frame.set(signed.id, 37);
+  view.setBigUint64(53, BigInt(signed.timestamp));
+  frame.set(signed.signature, 61);
+  frame.set(payload, 1 + MESH_SEND_FIXED_BYTES);
   return frame;
 }
 

@@ -11,10 +11,13 @@
  *             --bytes (default 10 000 000) with SHA-256 checks; one APP to the node.
  *   browsers  two browsers (separate profiles, so separate identities) on the node's
  *             signaling socket; A opens a channel to B, each sends the other one message.
- *   mesh      open a channel to the node, then send one message to --to across the mesh.
+ *   mesh      open a channel to the node, then send one message to --to across the mesh;
+ *             with --api2 (the API of --to's node), read that node's inbox and have it
+ *             send one message back to the browser's own id.
  *   mesh-browsers  browser A on --api's node, browser B on --api2's node (two nodes linked
- *             in a mesh): A opens a channel to B with signaling relayed across the mesh,
- *             each sends the other one message.
+ *             in a mesh): each sends the other one message carried by the nodes; then A
+ *             opens a channel to B with signaling relayed across the mesh, and each sends
+ *             the other one message over it.
  *   bench     --runs times (default 3): open, upload and download of --bytes (default
  *             32 MiB), and the same bytes between two RTCPeerConnections of one page (the
  *             baseline); medians and ratios to the baseline.
@@ -358,12 +361,81 @@ async function exchangeMessages(a, idA, b, idB, text) {
  * @param {(label: string) => Promise<ClientBrowser>} launch
  * @param {{to: string}} options
  */
-async function meshScenario(launch, { to }) {
+async function meshScenario(launch, { to, origin2 }) {
   const browser = await launch('browser');
   const openMs = await browser.openToNode('driver-mesh');
+  const { peerId } = await browser.run('reading the client id', MESSAGE_TIMEOUT_MS, () => ({
+    peerId: window.meshcoreTest.client.peerId,
+  }));
   const result = await browser.run('sending across the mesh', MESH_TIMEOUT_MS, (destination) =>
     window.meshcoreTest.client.sendToPeer(destination, { text: 'over the mesh' }), to);
-  return { open_ms: round(openMs), to, result };
+  if (!origin2) {
+    return { open_ms: round(openMs), peer_id: peerId, to, result };
+  }
+  // The far node's view of the message, and a message from it to the browser's own id.
+  const farInbox = await apiCall(origin2, 'GET', '/v1/messages');
+  const farGot = farInbox.find((message) => message.source === peerId) ?? null;
+  const farToBrowser = await untilDelivered('the far node sending to the browser', () =>
+    apiCall(origin2, 'POST', '/v1/messages', {
+      destination: peerId,
+      payload: JSON.stringify({ text: 'hi from far' }),
+    }));
+  const browserGot = await browser.nextMessage();
+  requireMessage('the browser', browserGot, to, 'hi from far');
+  return {
+    open_ms: round(openMs),
+    peer_id: peerId,
+    to,
+    result,
+    far_got: farGot,
+    far_to_browser: farToBrowser,
+    browser_got: browserGot,
+  };
+}
+
+/**
+ * Calls a node's API from this process; resolves with the JSON body of a 2xx answer and
+ * rejects with the API's error otherwise.
+ * @param {string} origin
+ * @param {'GET' | 'POST'} method
+ * @param {string} path
+ * @param {unknown} [body]
+ */
+async function apiCall(origin, method, path, body) {
+  const response = await fetch(`${origin}${path}`, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(MESH_TIMEOUT_MS),
+  });
+  const answer = await response.json().catch(() => null);
+  if (!response.ok) {
+    throw new Error(`${method} ${path}: HTTP ${response.status} ${JSON.stringify(answer)}`);
+  }
+  return answer;
+}
+
+/**
+ * Runs `send` until it resolves, trying again while the DHT has not yet named the
+ * browser's node (its presence is announced when the browser registers), for at most
+ * MESH_TIMEOUT_MS.
+ * @template T
+ * @param {string} step
+ * @param {() => Promise<T>} send
+ * @returns {Promise<T & {attempts: number}>}
+ */
+async function untilDelivered(step, send) {
+  const deadline = Date.now() + MESH_TIMEOUT_MS;
+  for (let attempts = 1; ; attempts += 1) {
+    try {
+      return { ...(await send()), attempts };
+    } catch (error) {
+      if (Date.now() > deadline) {
+        throw new ScenarioError(`${step}: ${firstLine(error)}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+  }
 }
 
 /**
@@ -375,6 +447,37 @@ async function meshBrowsersScenario(launch, { origin2 }) {
   const [idA, idB] = await Promise.all([a.startClient('driver-a'), b.startClient('driver-b')]);
   if (idA.nodeId === idB.nodeId) {
     throw new ScenarioError('--api and --api2 are the same node');
+  }
+  // First without a channel between them: each node carries the other browser's message.
+  await Promise.all([a, b].map((page) =>
+    page.run('opening the data channel to its node', OPEN_TIMEOUT_MS, async () => {
+      const { client } = window.meshcoreTest;
+      await client.connectToPeer(client.nodeId);
+    })));
+  const carried = {};
+  for (const [from, fromId, to, toId, text] of [
+    [a, idA, b, idB, 'carried from A'],
+    [b, idB, a, idA, 'carried from B'],
+  ]) {
+    const result = await from.run(`sending to ${to.label} through the nodes`, MESH_TIMEOUT_MS + OPEN_TIMEOUT_MS, async ([peerId, message]) => {
+      const { client } = window.meshcoreTest;
+      const deadline = performance.now() + 60_000;
+      for (let attempts = 1; ; attempts += 1) {
+        try {
+          return { ...(await client.sendToPeer(peerId, { text: message })), attempts };
+        } catch (error) {
+          // Until the other node's announcement of the browser is in the DHT.
+          if (performance.now() > deadline) {
+            throw error;
+          }
+          await new Promise((resolve) => setTimeout(resolve, 500));
+        }
+      }
+    }, [toId.peerId, text]);
+    const got = await to.nextMessage();
+    requireMessage(to.label, got, fromId.peerId, text);
+    carried[`${from.label.toLowerCase()}_carried`] = result;
+    carried[`${to.label.toLowerCase()}_got_carried`] = got;
   }
   // B's node announces B in the DHT when B registers; until that is done (and found), A's
   // node answers unknown_peer, and A tries again.
@@ -406,6 +509,7 @@ async function meshBrowsersScenario(launch, { origin2 }) {
     a_node: idA.nodeId,
     b_id: idB.peerId,
     b_node: idB.nodeId,
+    ...carried,
     ...(await exchangeMessages(a, idA.peerId, b, idB.peerId, 'hi from A across the mesh')),
   };
 }
@@ -607,6 +711,13 @@ function parseCommandLine() {
     throw new ScenarioError('the mesh scenario needs --to NODE_ID (64 lowercase hex)');
   }
   let origin2;
+  if (scenario === 'mesh' && values.api2 !== undefined) {
+    try {
+      origin2 = new URL(values.api2).origin;
+    } catch {
+      throw new ScenarioError('--api2 must be a URL such as http://127.0.0.1:8420 (the --to node)');
+    }
+  }
   if (scenario === 'mesh-browsers') {
     try {
       origin2 = new URL(values.api2 ?? '').origin;
@@ -631,7 +742,9 @@ function positiveInteger(name, text, fallback) {
 /** Upper bound on a whole run, a last resort behind the per-step limits. */
 function overallTimeoutMs({ scenario, bytes, runs }) {
   const perRun = READY_TIMEOUT_MS + OPEN_TIMEOUT_MS + 4 * transferTimeoutMs(bytes) + MESH_TIMEOUT_MS;
-  return 2 * LAUNCH_TIMEOUT_MS + 2 * PAGE_LOAD_TIMEOUT_MS + (scenario === 'bench' ? runs : 1) * perRun;
+  // The mesh scenarios wait for the DHT and the mesh up to twice more.
+  const meshWaits = scenario.startsWith('mesh') ? 2 * MESH_TIMEOUT_MS : 0;
+  return 2 * LAUNCH_TIMEOUT_MS + 2 * PAGE_LOAD_TIMEOUT_MS + meshWaits + (scenario === 'bench' ? runs : 1) * perRun;
 }
 
 async function main() {

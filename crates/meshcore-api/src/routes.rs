@@ -587,9 +587,9 @@ pub(crate) async fn tokens(State(node): State<Node>) -> Result<Json<TokensInfo>,
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MessageRequest {
-    /// The node id to send to.
+    /// The id to send to: a node, or a browser (connected to this node or to another).
     destination: String,
-    /// The message text (at most 61440 bytes). It is end-to-end encrypted: relays see only
+    /// The message text (at most 61440 bytes; about 150 fewer to a browser on another node). It is end-to-end encrypted: relays see only
     /// the routing header.
     payload: String,
     /// The sending application's name (1 to 64 letters, digits, `.`, `_`, `-`, `:`), to
@@ -600,13 +600,15 @@ pub(crate) struct MessageRequest {
 
 /// Sends a message over the mesh and waits for the destination's acknowledgement. The
 /// payload is end-to-end encrypted and authenticated (X25519, HKDF-SHA256, AES-256-GCM);
-/// relays see only the routing header.
+/// relays see only the routing header. A browser on another node is found in the DHT; the
+/// message is sealed for its node, which hands it over on the browser's data channel, and
+/// is delivered once the browser acknowledged it.
 #[utoipa::path(post, path = "/v1/messages", tag = "routing",
     request_body = MessageRequest,
     responses(
         (status = 200, description = "Delivered and acknowledged", body = Delivery),
         (status = 400, description = "A malformed node id, this node itself, a payload too large, or a bad app name", body = crate::ErrorBody),
-        (status = 404, description = "No route within max_hops", body = crate::ErrorBody),
+        (status = 404, description = "No route within max_hops, or the destination (or a browser's node) could not deliver it", body = crate::ErrorBody),
         (status = 429, description = "Over peer_bandwidth or app_bandwidth for longer than a send waits (2 s); Retry-After says when to retry", body = crate::ErrorBody),
         (status = 503, description = "Routing is busy or stopping", body = crate::ErrorBody),
         (status = 504, description = "No acknowledgement in time", body = crate::ErrorBody),
@@ -652,17 +654,32 @@ pub(crate) async fn send_message(
             }
         }
     }
-    let delivery = routing_of(&node)?
-        .send_as(&app, destination, payload, MESSAGE_TIMEOUT)
-        .await?;
+    let routing = routing_of(&node)?;
+    // A browser on another node is reached through it (found in the DHT).
+    let delivery = match node.network().webrtc().and_then(|webrtc| webrtc.messages()) {
+        Some(messages) => {
+            messages
+                .send_from_node(&app, destination, payload, MESSAGE_TIMEOUT)
+                .await?
+        }
+        None => {
+            routing
+                .send_as(&app, destination, payload, MESSAGE_TIMEOUT)
+                .await?
+        }
+    };
     Ok(Json(delivery))
 }
 
 /// A message delivered to this node, as `GET /messages` shows it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct ReceivedMessageView {
-    /// The sender's node id.
+    /// The sender's id: a node, or a browser.
     source: String,
+    /// For a browser `source` on another node: the node that carried the message for it
+    /// (the browser signed it, so that node could not have forged it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<String>,
     /// The message text (bytes that are not UTF-8 show as U+FFFD).
     payload: String,
     /// Links it crossed.
@@ -686,6 +703,7 @@ pub(crate) async fn messages(
             .into_iter()
             .map(|message| ReceivedMessageView {
                 source: message.source.to_hex(),
+                via: message.via.map(|via| via.to_hex()),
                 payload: String::from_utf8_lossy(&message.payload).into_owned(),
                 hops: message.hops,
                 received_at: message.received_at,

@@ -120,6 +120,12 @@ impl Forwarder {
         self.relay.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the published table has a route or a link to `destination`.
+    pub fn knows(&self, destination: &NodeId) -> bool {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        table.routes.contains_key(destination.as_bytes()) || table.links.contains_key(destination)
+    }
+
     /// Replaces the forwarding table.
     pub fn publish_routes(&self, table: ForwardingTable) {
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);

@@ -205,6 +205,11 @@ pub const DATAGRAM_FLOW: u32 = 2;
 /// the received messages and events.
 pub const SIGNAL_FLOW: u32 = 3;
 
+/// Flow id of envelopes about browsers' messages one node sends another
+/// ([`Routing::send_browser_envelope`], [`meshcore_proto::browser_mesh`]): acknowledged like
+/// messages, but delivered to [`Routing::browser_envelopes`] subscribers.
+pub const BROWSER_FLOW: u32 = 4;
+
 /// Commands waiting for the driver.
 pub const COMMAND_QUEUE: usize = 1024;
 /// Link changes waiting for the driver.
@@ -363,8 +368,11 @@ pub struct Delivery {
 /// A message delivered to this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
-    /// The node that sent it.
+    /// The peer that sent it: a node, or a browser.
     pub source: NodeId,
+    /// The node that carried it here for `source` when `source` is a browser on another
+    /// node (its gateway, which `source` signed the message for).
+    pub via: Option<NodeId>,
     /// Its bytes, as the source sealed them (opened and authenticated here).
     pub payload: Bytes,
     /// Links it crossed.
@@ -379,8 +387,11 @@ pub struct ReceivedMessage {
 pub enum MeshEvent {
     /// A message for this node arrived (opened and authenticated).
     Message {
-        /// The sender's node id.
+        /// The sender's id (a node or a browser).
         source: String,
+        /// The node that carried it for a browser `source` on another node.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
         /// The message as text (invalid UTF-8 replaced).
         payload: String,
         /// Links it crossed.
@@ -647,6 +658,7 @@ pub struct Routing {
     bandwidth: std::sync::Arc<std::sync::Mutex<BandwidthManager>>,
     forwarder: Arc<Forwarder>,
     signals: broadcast::Sender<ReceivedMessage>,
+    browser_envelopes: broadcast::Sender<ReceivedMessage>,
 }
 
 impl std::fmt::Debug for Command {
@@ -701,6 +713,7 @@ impl Routing {
         let (received, _) = broadcast::channel(RECEIVED_KEPT);
         let (events, _) = broadcast::channel(RECEIVED_KEPT);
         let (signals, _) = broadcast::channel(RECEIVED_KEPT);
+        let (browser_envelopes, _) = broadcast::channel(RECEIVED_KEPT);
         let mut ledger_config = LedgerConfig::new();
         ledger_config.epoch = now().as_millis();
         let (payment_threshold, new_neighbour_threshold) = options.ledger.thresholds_milli();
@@ -731,6 +744,7 @@ impl Routing {
             ledger_dirty: false,
             token_rate: options.ledger.token_rate,
             signals: signals.clone(),
+            browser_envelopes: browser_envelopes.clone(),
             ledger_persist: ledger_tx,
             ledger_task,
             hop_limit: max_hops.saturating_sub(1),
@@ -762,6 +776,7 @@ impl Routing {
             ))),
             forwarder,
             signals,
+            browser_envelopes,
         })
     }
 
@@ -774,6 +789,18 @@ impl Routing {
     /// arrives; a subscriber that falls behind misses the oldest.
     pub fn signals(&self) -> broadcast::Receiver<ReceivedMessage> {
         self.signals.subscribe()
+    }
+
+    /// Envelopes about browsers' messages other nodes send this one
+    /// ([`Routing::send_browser_envelope`]), as they arrive; a subscriber that falls behind
+    /// misses the oldest.
+    pub fn browser_envelopes(&self) -> broadcast::Receiver<ReceivedMessage> {
+        self.browser_envelopes.subscribe()
+    }
+
+    /// Whether a route to `destination` (or a link to it) is known now, without discovery.
+    pub fn knows_route(&self, destination: &NodeId) -> bool {
+        self.forwarder.knows(destination)
     }
 
     /// The forwarding plane, for the link tasks ([`crate::link::FrameSink::set_forwarder`]).
@@ -891,6 +918,20 @@ impl Routing {
     ) -> Result<Delivery, RouteError> {
         let app = AppId::new("signal").map_err(|error| RouteError::Busy(error.to_string()))?;
         self.send_on_flow(&app, SIGNAL_FLOW, destination, payload, timeout)
+            .await
+    }
+
+    /// Sends an envelope about a browser's message ([`meshcore_proto::browser_mesh`]) to the
+    /// node `destination` like [`Routing::send_as`], on [`BROWSER_FLOW`], so that it reaches
+    /// that node's [`Routing::browser_envelopes`] subscribers.
+    pub async fn send_browser_envelope(
+        &self,
+        app: &AppId,
+        destination: NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Delivery, RouteError> {
+        self.send_on_flow(app, BROWSER_FLOW, destination, payload, timeout)
             .await
     }
 
@@ -1211,7 +1252,7 @@ struct PendingAck {
     /// The message, kept to send it again (sealed afresh, same sequence) until it is
     /// acknowledged or its caller gives up.
     payload: Bytes,
-    /// Its flow id ([`MESSAGE_FLOW`] or [`SIGNAL_FLOW`]).
+    /// Its flow id ([`MESSAGE_FLOW`], [`SIGNAL_FLOW`] or [`BROWSER_FLOW`]).
     flow: u32,
     last_sent: tokio::time::Instant,
     /// The next hop of its latest sending, and how many times in a row it went there
@@ -1241,6 +1282,8 @@ struct Driver {
     token_rate: f64,
     /// Browser signaling relayed to this node by others ([`SIGNAL_FLOW`]).
     signals: broadcast::Sender<ReceivedMessage>,
+    /// Envelopes about browsers' messages ([`BROWSER_FLOW`]).
+    browser_envelopes: broadcast::Sender<ReceivedMessage>,
     ledger_persist: mpsc::Sender<meshcore_store::LedgerRows>,
     ledger_task: tokio::task::JoinHandle<()>,
     /// The hop limit packets from this node start with.
@@ -2221,6 +2264,7 @@ impl Driver {
         self.stats.packets_delivered += 1;
         let message = ReceivedMessage {
             source: header.source,
+            via: None,
             payload: plaintext,
             hops,
             received_at: unix_millis(),
@@ -2233,6 +2277,9 @@ impl Driver {
         if header.flow_id == SIGNAL_FLOW {
             tracing::debug!(source = %message.source, hops, bytes = message.payload.len(), "browser signaling received");
             let _ = self.signals.send(message);
+        } else if header.flow_id == BROWSER_FLOW {
+            tracing::debug!(source = %message.source, hops, bytes = message.payload.len(), "browser message envelope received");
+            let _ = self.browser_envelopes.send(message);
         } else {
             tracing::info!(source = %message.source, hops, bytes = message.payload.len(), "message received");
             self.record(message);
@@ -2249,6 +2296,7 @@ impl Driver {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(MeshEvent::Message {
                 source: message.source.to_string(),
+                via: message.via.map(|via| via.to_string()),
                 payload: String::from_utf8_lossy(&message.payload).into_owned(),
                 hops: message.hops,
                 received_at: message.received_at,

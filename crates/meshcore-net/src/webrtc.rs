@@ -19,6 +19,7 @@
 //! [`IDLE_TIMEOUT`] is dropped; a browser that lets [`session::MAX_QUEUED_BYTES`] pile up
 //! is dropped.
 
+pub mod mesh_message;
 pub mod mesh_signal;
 pub mod session;
 pub mod signal;
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::dht::Dht;
 use crate::network::ConnectionInfo;
 use crate::routing::{ReceivedMessage, Routing};
+pub use mesh_message::MeshMessages;
 pub use mesh_signal::MeshSignal;
 pub use session::BrowserSendError;
 use session::{Action, Session};
@@ -146,6 +148,19 @@ enum Command {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Duration, BrowserSendError>>,
     },
+    /// Hands a message that crossed the mesh to a browser ([`mesh_message`]).
+    SendMesh {
+        browser: NodeId,
+        source: NodeId,
+        hops: u8,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Duration, BrowserSendError>>,
+    },
+    /// Whether a browser has an open session.
+    Hosts {
+        browser: NodeId,
+        reply: oneshot::Sender<bool>,
+    },
     Connections(oneshot::Sender<Vec<ConnectionInfo>>),
     Stats(oneshot::Sender<WebRtcStats>),
     Shutdown(oneshot::Sender<()>),
@@ -166,12 +181,13 @@ pub struct WebRtc {
     commands: mpsc::Sender<Command>,
     signal: SignalHub,
     mesh: Option<Arc<MeshSignal>>,
+    messages: Option<Arc<MeshMessages>>,
 }
 
 impl WebRtc {
     /// Binds the sockets and starts the driver. `routing` carries browsers' mesh messages
     /// and receives their messages to this node; with `dht` too, signaling crosses the mesh
-    /// ([`mesh_signal`]).
+    /// ([`mesh_signal`]) and any node can send to a browser's own id ([`mesh_message`]).
     pub async fn start(
         keys: &NodeKeypair,
         options: WebRtcOptions,
@@ -194,19 +210,23 @@ impl WebRtc {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (results_tx, results_rx) = mpsc::channel(COMMAND_QUEUE);
         let signal = SignalHub::default();
-        let mesh = match (&routing, dht) {
+        let (mesh, messages) = match (&routing, dht) {
             (Some(routing), Some(dht)) => {
                 tokio::spawn(mesh_signal::deliver_incoming(
                     routing.signals(),
                     signal.clone(),
                 ));
-                Some(Arc::new(MeshSignal::new(
+                let mesh = Arc::new(MeshSignal::new(keys.node_id(), routing.clone(), dht));
+                let messages = Arc::new(MeshMessages::new(
                     keys.node_id(),
                     routing.clone(),
-                    dht,
-                )))
+                    Arc::clone(&mesh),
+                    commands_tx.clone(),
+                ));
+                tokio::spawn(Arc::clone(&messages).run(routing.browser_envelopes()));
+                (Some(mesh), Some(messages))
             }
-            _ => None,
+            _ => (None, None),
         };
         let driver = Driver {
             local: keys.node_id(),
@@ -215,6 +235,7 @@ impl WebRtc {
             sessions: Vec::new(),
             next_session: 1,
             routing,
+            messages: messages.clone(),
             results: results_tx,
             options,
             stats: WebRtcStats::default(),
@@ -227,7 +248,14 @@ impl WebRtc {
             commands: commands_tx,
             signal,
             mesh,
+            messages,
         })
+    }
+
+    /// Messaging between browsers and any peer across the mesh; `None` without routing and
+    /// DHT.
+    pub fn messages(&self) -> Option<&Arc<MeshMessages>> {
+        self.messages.as_ref()
     }
 
     /// Announces in the DHT that `browser` registered on this node's signaling socket, so
@@ -441,6 +469,7 @@ struct Driver {
     sessions: Vec<Session>,
     next_session: u64,
     routing: Option<Routing>,
+    messages: Option<Arc<MeshMessages>>,
     results: mpsc::Sender<(u64, BrowserFrame)>,
     options: WebRtcOptions,
     stats: WebRtcStats,
@@ -576,6 +605,23 @@ impl Driver {
                     let _ = reply.send(Err(BrowserSendError::NotConnected(browser)));
                 }
             },
+            Command::SendMesh {
+                browser,
+                source,
+                hops,
+                payload,
+                reply,
+            } => match self.open_session(&browser) {
+                Some(session) => {
+                    session.send_mesh_message(source, hops, payload, Instant::now(), reply)
+                }
+                None => {
+                    let _ = reply.send(Err(BrowserSendError::NotConnected(browser)));
+                }
+            },
+            Command::Hosts { browser, reply } => {
+                let _ = reply.send(self.open_session(&browser).is_some());
+            }
             Command::Connections(reply) => {
                 let list = self
                     .sessions
@@ -593,6 +639,14 @@ impl Driver {
             }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// The newest session with `browser` whose data channel is open.
+    fn open_session(&mut self, browser: &NodeId) -> Option<&mut Session> {
+        self.sessions
+            .iter_mut()
+            .rev()
+            .find(|s| s.browser == *browser && s.channel.is_some() && s.closing.is_none())
     }
 
     fn accept(&mut self, browser: NodeId, offer: SdpOffer) -> Result<Answer, OfferError> {
@@ -739,6 +793,7 @@ impl Driver {
             Action::Deliver(payload) => match &self.routing {
                 Some(routing) => routing.deliver_local(ReceivedMessage {
                     source: browser,
+                    via: None,
                     payload: Bytes::from(payload),
                     hops: 0,
                     received_at: unix_millis(),
@@ -748,23 +803,31 @@ impl Driver {
             Action::MeshSend {
                 request,
                 destination,
+                id,
+                signed,
                 payload,
             } => {
                 let results = self.results.clone();
-                let Some(routing) = self.routing.clone() else {
+                let Some(messages) = self.messages.clone() else {
                     let _ = results.try_send((
                         session,
                         BrowserFrame::MeshResult {
                             request,
-                            outcome: Err("routing is off on this node".to_owned()),
+                            outcome: Err("routing or the DHT is off on this node".to_owned()),
                         },
                     ));
                     return;
                 };
                 tokio::spawn(async move {
-                    let app = meshcore_proto::bandwidth::AppId::browser(&browser);
-                    let outcome = routing
-                        .send_as(&app, destination, Bytes::from(payload), MESH_SEND_TIMEOUT)
+                    let outcome = messages
+                        .send_from_browser(
+                            browser,
+                            destination,
+                            id,
+                            signed,
+                            payload,
+                            MESH_SEND_TIMEOUT,
+                        )
                         .await
                         .map(|delivery| {
                             (

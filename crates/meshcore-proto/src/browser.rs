@@ -6,6 +6,7 @@
 //! [`BrowserFrame::decode`] takes untrusted bytes and never panics (fuzz target
 //! `browser_frame`).
 
+use crate::browser_mesh::{MessageId, SenderSignature, MESSAGE_ID_LEN, SIGNATURE_LEN};
 use crate::identity::{NodeId, SignatureDomain, SignatureError, NODE_ID_LEN};
 
 /// The data channel's label.
@@ -15,7 +16,14 @@ pub const CHANNEL_LABEL: &str = "meshcore";
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Largest data-channel message: a body and its fixed fields.
-pub const MAX_MESSAGE: usize = MAX_BODY + 64;
+pub const MAX_MESSAGE: usize = MAX_BODY + MESH_SEND_FIXED + 1;
+
+/// Bytes of a MESH_SEND's fixed fields: request, destination, message id, timestamp,
+/// signature.
+const MESH_SEND_FIXED: usize = 4 + NODE_ID_LEN + MESSAGE_ID_LEN + 8 + SIGNATURE_LEN;
+
+/// Bytes of a MESH_MESSAGE's fixed fields: sequence, source, hops.
+const MESH_MESSAGE_FIXED: usize = 4 + NODE_ID_LEN + 1;
 
 /// Largest error text in a [`BrowserFrame::MeshResult`].
 pub const MAX_ERROR_TEXT: usize = 512;
@@ -37,6 +45,7 @@ const TAG_SOURCE_END: u8 = 0x0c;
 const TAG_SINK: u8 = 0x0d;
 const TAG_SINK_END: u8 = 0x0e;
 const TAG_SINK_REPORT: u8 = 0x0f;
+const TAG_MESH_MESSAGE: u8 = 0x10;
 
 /// One data-channel message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,14 +65,32 @@ pub enum BrowserFrame {
         /// UTF-8 text (JSON by convention of the browser client).
         payload: Vec<u8>,
     },
-    /// Acknowledges an [`BrowserFrame::App`].
+    /// Acknowledges an [`BrowserFrame::App`] or a [`BrowserFrame::MeshMessage`].
     AppAck(u32),
-    /// Asks the node to carry `payload` across the mesh to `destination`.
+    /// Asks the node to carry `payload` across the mesh to `destination` (a node or a
+    /// browser), signed by the browser ([`crate::browser_mesh::message_text`]).
     MeshSend {
         /// The browser's request number, echoed in the result.
         request: u32,
-        /// The destination node.
+        /// The destination's id.
         destination: [u8; NODE_ID_LEN],
+        /// The message's random id.
+        id: MessageId,
+        /// The browser's signature over the message.
+        signed: SenderSignature,
+        /// The message.
+        payload: Vec<u8>,
+    },
+    /// A message for the browser from another peer (a node, or a browser on another node),
+    /// which reached the browser's node across the mesh. The browser acknowledges it with an
+    /// [`BrowserFrame::AppAck`] of the same `seq`.
+    MeshMessage {
+        /// The node's sequence number (shared with [`BrowserFrame::App`]).
+        seq: u32,
+        /// The sender's id.
+        source: [u8; NODE_ID_LEN],
+        /// Links it crossed, the data channel included.
+        hops: u8,
         /// The message.
         payload: Vec<u8>,
     },
@@ -135,6 +162,7 @@ impl BrowserFrame {
             Self::AppAck(_) => "APP_ACK",
             Self::MeshSend { .. } => "MESH_SEND",
             Self::MeshResult { .. } => "MESH_RESULT",
+            Self::MeshMessage { .. } => "MESH_MESSAGE",
             Self::Source(_) => "SOURCE",
             Self::SourceData(_) => "SOURCE_DATA",
             Self::SourceEnd { .. } => "SOURCE_END",
@@ -170,11 +198,28 @@ impl BrowserFrame {
             Self::MeshSend {
                 request,
                 destination,
+                id,
+                signed,
                 payload,
             } => {
                 out.push(TAG_MESH_SEND);
                 out.extend_from_slice(&request.to_be_bytes());
                 out.extend_from_slice(destination);
+                out.extend_from_slice(id);
+                out.extend_from_slice(&signed.timestamp_ms.to_be_bytes());
+                out.extend_from_slice(&signed.signature);
+                out.extend_from_slice(payload);
+            }
+            Self::MeshMessage {
+                seq,
+                source,
+                hops,
+                payload,
+            } => {
+                out.push(TAG_MESH_MESSAGE);
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(source);
+                out.push(*hops);
                 out.extend_from_slice(payload);
             }
             Self::MeshResult { request, outcome } => {
@@ -255,16 +300,36 @@ impl BrowserFrame {
                 Self::AppAck(seq)
             }
             TAG_MESH_SEND => {
-                let (request, rest) = split_u32(body).ok_or_else(|| length("MESH_SEND"))?;
-                if rest.len() < NODE_ID_LEN || rest.len() - NODE_ID_LEN > MAX_BODY {
+                if body.len() < MESH_SEND_FIXED || body.len() - MESH_SEND_FIXED > MAX_BODY {
                     return Err(length("MESH_SEND"));
                 }
-                let (destination, payload) = rest.split_at(NODE_ID_LEN);
-                let mut id = [0u8; NODE_ID_LEN];
-                id.copy_from_slice(destination);
+                let (request, rest) = split_u32(body).ok_or_else(|| length("MESH_SEND"))?;
+                let (destination, rest) = rest.split_at(NODE_ID_LEN);
+                let (id, rest) = rest.split_at(MESSAGE_ID_LEN);
+                let (timestamp, rest) = rest.split_at(8);
+                let (signature, payload) = rest.split_at(SIGNATURE_LEN);
                 Self::MeshSend {
                     request,
-                    destination: id,
+                    destination: fixed(destination).ok_or_else(|| length("MESH_SEND"))?,
+                    id: fixed(id).ok_or_else(|| length("MESH_SEND"))?,
+                    signed: SenderSignature {
+                        timestamp_ms: u64_exact(timestamp).ok_or_else(|| length("MESH_SEND"))?,
+                        signature: fixed(signature).ok_or_else(|| length("MESH_SEND"))?,
+                    },
+                    payload: payload.to_vec(),
+                }
+            }
+            TAG_MESH_MESSAGE => {
+                if body.len() < MESH_MESSAGE_FIXED || body.len() - MESH_MESSAGE_FIXED > MAX_BODY {
+                    return Err(length("MESH_MESSAGE"));
+                }
+                let (seq, rest) = split_u32(body).ok_or_else(|| length("MESH_MESSAGE"))?;
+                let (source, rest) = rest.split_at(NODE_ID_LEN);
+                let (hops, payload) = rest.split_at(1);
+                Self::MeshMessage {
+                    seq,
+                    source: fixed(source).ok_or_else(|| length("MESH_MESSAGE"))?,
+                    hops: hops[0],
                     payload: payload.to_vec(),
                 }
             }
@@ -304,6 +369,10 @@ fn tagged(out: &mut Vec<u8>, tag: u8, body: &[u8]) {
     out.reserve(body.len() + 1);
     out.push(tag);
     out.extend_from_slice(body);
+}
+
+fn fixed<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
+    bytes.try_into().ok()
 }
 
 fn u64_exact(body: &[u8]) -> Option<u64> {
@@ -466,7 +535,18 @@ mod tests {
             BrowserFrame::MeshSend {
                 request: 3,
                 destination: [5; 32],
+                id: [6; MESSAGE_ID_LEN],
+                signed: SenderSignature {
+                    timestamp_ms: 1_700_000_000_000,
+                    signature: [7; SIGNATURE_LEN],
+                },
                 payload: b"hi".to_vec(),
+            },
+            BrowserFrame::MeshMessage {
+                seq: 8,
+                source: [9; 32],
+                hops: 3,
+                payload: b"{\"b\":2}".to_vec(),
             },
             BrowserFrame::MeshResult {
                 request: 3,
@@ -522,6 +602,36 @@ mod tests {
             outcome: Ok((3, 0x0405)),
         };
         assert_eq!(result.encode(), [8, 0, 0, 0, 2, 0, 3, 0, 0, 4, 5]);
+        let mut message = vec![0x10, 0, 0, 0, 6];
+        message.extend_from_slice(&[0xaa; 32]);
+        message.extend_from_slice(&[2, b'y']);
+        assert_eq!(
+            BrowserFrame::MeshMessage {
+                seq: 6,
+                source: [0xaa; 32],
+                hops: 2,
+                payload: b"y".to_vec()
+            }
+            .encode(),
+            message
+        );
+        let send = BrowserFrame::MeshSend {
+            request: 1,
+            destination: [0xbb; 32],
+            id: [0xcc; MESSAGE_ID_LEN],
+            signed: SenderSignature {
+                timestamp_ms: 0x0102,
+                signature: [0xdd; SIGNATURE_LEN],
+            },
+            payload: b"z".to_vec(),
+        }
+        .encode();
+        assert_eq!(send.len(), 1 + MESH_SEND_FIXED + 1);
+        assert_eq!(&send[..5], [7, 0, 0, 0, 1]);
+        assert_eq!(&send[37..53], [0xcc; MESSAGE_ID_LEN]);
+        assert_eq!(&send[53..61], [0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(send[61..125], [0xdd; SIGNATURE_LEN]);
+        assert_eq!(send[125], b'z');
     }
 
     #[test]

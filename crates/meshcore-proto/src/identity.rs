@@ -162,6 +162,9 @@ pub enum SignatureDomain {
     DtlsFingerprint,
     /// A browser registering on a node's signaling socket (answering its challenge).
     SignalHello,
+    /// A browser's message for another peer, carried across the mesh by nodes
+    /// ([`crate::browser_mesh`]).
+    BrowserMessage,
 }
 
 impl SignatureDomain {
@@ -176,6 +179,7 @@ impl SignatureDomain {
             Self::RelayIou => b"relay-iou",
             Self::DtlsFingerprint => b"dtls-fingerprint",
             Self::SignalHello => b"signal-hello",
+            Self::BrowserMessage => b"browser-message",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! Modules:
 //! - [`bandwidth`]: per-peer and per-application limits on the node's own sends.
 //! - [`browser`]: the browser peer protocol (WebRTC data-channel messages, DTLS fingerprint binding).
+//! - [`browser_mesh`]: messages to and from browsers carried between nodes (envelopes, receipts, signed browser messages, replay guard).
 //! - [`dht`]: the Kademlia DHT (routing table, lookups, records, the `DhtNode` state machine).
 //! - [`e2e`]: end-to-end encryption of routed payloads (X25519 + HKDF-SHA256 → AES-256-GCM, replay window).
 //! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
@@ -22,6 +23,7 @@
 
 pub mod bandwidth;
 pub mod browser;
+pub mod browser_mesh;
 pub mod dht;
 pub mod e2e;
 pub mod identity;

@@ -50,8 +50,8 @@ pub enum Command {
     Dht(dht::DhtArgs),
     /// Find routes through a running node.
     Route(route::RouteArgs),
-    /// Send a message to another node over the mesh and wait for its acknowledgement (not
-    /// end-to-end encrypted yet).
+    /// Send a message to another node, or to a browser on any node, over the mesh and wait
+    /// for its acknowledgement (end-to-end encrypted between the nodes).
     Send(route::SendArgs),
     /// Show a running node's relay tokens: balance, earned, spent, and per neighbour the
     /// credit, debt and latest signed IOUs.

@@ -18,7 +18,7 @@ use common::*;
 use serde_json::Value;
 
 /// The most one driver run may take (it bounds each of its own waits as well).
-const DRIVER_TIMEOUT: Duration = Duration::from_secs(240);
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(420);
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -216,11 +216,21 @@ fn pages_on_two_nodes_talk_directly_after_signaling_across_the_mesh() {
         .collect();
     let first = host.node(dirs[0].path(), &[]);
     let second = host.node(dirs[1].path(), &["--bootstrap", &first.address()]);
-    // A on the first node, B on the second: B's node announces B in the DHT, A's node finds
-    // it there and relays A's offer and candidates, and B's answer comes back the same way.
+    // A on the first node, B on the second. Each node announces its browser in the DHT.
+    // First the nodes carry each browser's signed message to the other (A → node 1 →
+    // node 2 → B: three links); then A's node relays A's offer and candidates, B's answer
+    // comes back the same way, and the two talk over their own channel.
     let report = host.drive("mesh-browsers", &first.api, &["--api2", &second.api]);
     assert_eq!(report["a_node"], first.node_id.as_str(), "{report}");
     assert_eq!(report["b_node"], second.node_id.as_str(), "{report}");
+    for (sender, receiver, text) in [("a", "b", "carried from A"), ("b", "a", "carried from B")] {
+        let carried = &report[format!("{sender}_carried")];
+        assert_eq!(carried["delivered"], true, "{report}");
+        assert_eq!(carried["hops"], 3, "{report}");
+        let got = &report[format!("{receiver}_got_carried")];
+        assert_eq!(got["peerId"], report[format!("{sender}_id")], "{report}");
+        assert_eq!(got["data"]["text"], text, "{report}");
+    }
     assert_eq!(report["a_to_b"]["delivered"], true, "{report}");
     assert_eq!(report["a_to_b"]["hops"], 0, "a direct channel: {report}");
     assert_eq!(
@@ -233,8 +243,8 @@ fn pages_on_two_nodes_talk_directly_after_signaling_across_the_mesh() {
 }
 
 #[test]
-fn a_page_reaches_a_node_two_hops_away() {
-    if !can_run_browsers("a_page_reaches_a_node_two_hops_away") {
+fn a_page_and_a_node_two_hops_away_reach_each_others_ids() {
+    if !can_run_browsers("a_page_and_a_node_two_hops_away_reach_each_others_ids") {
         return;
     }
     let host = LoopbackHost::new();
@@ -268,9 +278,35 @@ fn a_page_reaches_a_node_two_hops_away() {
         &["--set", &allow(&[1]), "--bootstrap", &middle.address()],
     );
     assert_eq!(gateway.node_id, ids[0]);
-    let report = host.drive("mesh", &gateway.api, &["--to", &far.node_id]);
+    let report = host.drive(
+        "mesh",
+        &gateway.api,
+        &["--to", &far.node_id, "--api2", &far.api],
+    );
+    // browser → gateway → middle → far: three links.
     assert_eq!(report["result"]["delivered"], true, "{report}");
-    assert_eq!(report["result"]["hops"], 2, "{report}");
+    assert_eq!(report["result"]["hops"], 3, "{report}");
+    // The far node sees the browser itself as the sender, carried by the gateway.
+    let browser = report["peer_id"].as_str().expect("peer_id");
+    assert_eq!(report["far_got"]["source"], browser, "{report}");
+    assert_eq!(
+        report["far_got"]["via"],
+        gateway.node_id.as_str(),
+        "{report}"
+    );
+    assert_eq!(report["far_got"]["hops"], 3, "{report}");
+    assert_eq!(
+        report["far_got"]["payload"], r#"{"text":"over the mesh"}"#,
+        "{report}"
+    );
+    // And it reaches the browser's own id: found in the DHT, handed over by the gateway.
+    assert_eq!(report["far_to_browser"]["delivered"], true, "{report}");
+    assert_eq!(report["far_to_browser"]["hops"], 3, "{report}");
+    assert_eq!(
+        report["browser_got"]["peerId"],
+        far.node_id.as_str(),
+        "{report}"
+    );
     for node in [gateway, middle, far] {
         node.terminate();
     }

@@ -109,11 +109,18 @@ impl MeshSignal {
         }
     }
 
-    async fn gateway_of(&self, browser: NodeId) -> Result<NodeId, String> {
-        if let Some((gateway, at)) = self.lock().get(&browser).copied() {
-            if at.elapsed() < GATEWAY_CACHE_TTL {
-                return Ok(gateway);
-            }
+    /// The node that hosts `browser`, if one was found in the last [`GATEWAY_CACHE_TTL`].
+    pub(super) fn cached_gateway(&self, browser: &NodeId) -> Option<NodeId> {
+        self.lock()
+            .get(browser)
+            .filter(|(_, at)| at.elapsed() < GATEWAY_CACHE_TTL)
+            .map(|(gateway, _)| *gateway)
+    }
+
+    /// The node that announced `browser` most recently: remembered, or asked of the DHT.
+    pub(super) async fn gateway_of(&self, browser: NodeId) -> Result<NodeId, String> {
+        if let Some(gateway) = self.cached_gateway(&browser) {
+            return Ok(gateway);
         }
         let providers =
             tokio::time::timeout(LOOKUP_TIMEOUT, self.dht.providers(&presence_name(&browser)))
@@ -137,7 +144,8 @@ impl MeshSignal {
         Ok(gateway)
     }
 
-    fn forget(&self, browser: &NodeId) {
+    /// Forgets the node found for `browser`.
+    pub(super) fn forget(&self, browser: &NodeId) {
         self.lock().remove(browser);
     }
 
@@ -207,6 +215,7 @@ mod tests {
     fn relayed(from_node: NodeId, body: Value) -> ReceivedMessage {
         ReceivedMessage {
             source: from_node,
+            via: None,
             payload: Bytes::from(body.to_string()),
             hops: 2,
             received_at: 0,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use meshcore_proto::browser::{BrowserFrame, MAX_BODY, MAX_SOURCE_BYTES};
+use meshcore_proto::browser_mesh::{MessageId, SenderSignature};
 use meshcore_proto::NodeId;
 use sha2::{Digest, Sha256};
 use str0m::channel::ChannelId;
@@ -62,6 +63,8 @@ pub(super) enum Action {
     MeshSend {
         request: u32,
         destination: NodeId,
+        id: MessageId,
+        signed: SenderSignature,
         payload: Vec<u8>,
     },
 }
@@ -168,6 +171,40 @@ impl Session {
         now: Instant,
         done: oneshot::Sender<Result<Duration, BrowserSendError>>,
     ) {
+        self.send_acknowledged(payload, now, done, |seq, payload| BrowserFrame::App {
+            seq,
+            payload,
+        });
+    }
+
+    /// Queues a message from `source` that crossed the mesh (`hops` links, this data channel
+    /// included) and returns where its acknowledgement will arrive.
+    pub(super) fn send_mesh_message(
+        &mut self,
+        source: NodeId,
+        hops: u8,
+        payload: Vec<u8>,
+        now: Instant,
+        done: oneshot::Sender<Result<Duration, BrowserSendError>>,
+    ) {
+        self.send_acknowledged(payload, now, done, |seq, payload| {
+            BrowserFrame::MeshMessage {
+                seq,
+                source: *source.as_bytes(),
+                hops,
+                payload,
+            }
+        });
+    }
+
+    /// Queues the frame `frame(seq, payload)`, which the browser answers with an APP_ACK.
+    fn send_acknowledged(
+        &mut self,
+        payload: Vec<u8>,
+        now: Instant,
+        done: oneshot::Sender<Result<Duration, BrowserSendError>>,
+        frame: impl FnOnce(u32, Vec<u8>) -> BrowserFrame,
+    ) {
         if payload.len() > MAX_BODY {
             let _ = done.send(Err(BrowserSendError::TooLarge {
                 len: payload.len(),
@@ -188,7 +225,7 @@ impl Session {
         self.app_waiters
             .retain(|_, (_, waiter)| !waiter.is_closed());
         self.app_waiters.insert(seq, (now, done));
-        self.queue(&BrowserFrame::App { seq, payload });
+        self.queue(&frame(seq, payload));
     }
 
     /// Sends a ping when the last one is `interval` old.
@@ -233,6 +270,8 @@ impl Session {
             BrowserFrame::MeshSend {
                 request,
                 destination,
+                id,
+                signed,
                 payload,
             } => match NodeId::from_bytes(destination) {
                 Ok(destination) if self.mesh_in_flight < MAX_MESH_IN_FLIGHT => {
@@ -240,6 +279,8 @@ impl Session {
                     return Action::MeshSend {
                         request,
                         destination,
+                        id,
+                        signed,
                         payload,
                     };
                 }
@@ -282,6 +323,7 @@ impl Session {
             }
             other @ (BrowserFrame::EchoReply(_)
             | BrowserFrame::MeshResult { .. }
+            | BrowserFrame::MeshMessage { .. }
             | BrowserFrame::SourceData(_)
             | BrowserFrame::SourceEnd { .. }
             | BrowserFrame::SinkReport { .. }) => {
@@ -433,6 +475,11 @@ mod tests {
         let bad = BrowserFrame::MeshSend {
             request: 1,
             destination: invalid,
+            id: [0; meshcore_proto::browser_mesh::MESSAGE_ID_LEN],
+            signed: SenderSignature {
+                timestamp_ms: 0,
+                signature: [0; meshcore_proto::browser_mesh::SIGNATURE_LEN],
+            },
             payload: Vec::new(),
         };
         session.on_message(&bad.encode(), now);
@@ -449,6 +496,11 @@ mod tests {
         let send = |request| BrowserFrame::MeshSend {
             request,
             destination: *good.as_bytes(),
+            id: [0; meshcore_proto::browser_mesh::MESSAGE_ID_LEN],
+            signed: SenderSignature {
+                timestamp_ms: 0,
+                signature: [0; meshcore_proto::browser_mesh::SIGNATURE_LEN],
+            },
             payload: b"x".to_vec(),
         };
         for request in 0..MAX_MESH_IN_FLIGHT as u32 {
@@ -466,8 +518,18 @@ mod tests {
 
     #[test]
     fn protocol_violations_close_the_session_with_a_reason() {
-        let cases: [(Vec<u8>, &str); 4] = [
+        let cases: [(Vec<u8>, &str); 5] = [
             (vec![0x09], "unknown message tag"),
+            (
+                BrowserFrame::MeshMessage {
+                    seq: 1,
+                    source: [1; 32],
+                    hops: 1,
+                    payload: Vec::new(),
+                }
+                .encode(),
+                "node-to-browser",
+            ),
             (BrowserFrame::Source(MAX_SOURCE_BYTES + 1).encode(), "over"),
             (
                 BrowserFrame::SourceData(vec![1]).encode(),

@@ -32,7 +32,7 @@ enum RouteCommand {
 pub struct SendArgs {
     #[command(flatten)]
     api: ApiArg,
-    /// The destination's node id.
+    /// The destination's id: a node, or a browser on any node (found in the DHT).
     node_id: String,
     /// The message. It is end-to-end encrypted: relays on the path see only the routing
     /// header.
