@@ -15,15 +15,22 @@
 //! with the same 4-byte length prefix. Received frames go to the node's one
 //! [`FrameSink`], whose consumer applies back-pressure: a slow consumer slows the sender
 //! through QUIC flow control instead of growing a queue.
+//!
+//! Sending a data frame ([`LinkHandle::try_send_data`]) writes it into the data stream at
+//! once, in the caller's task, when nothing is queued ahead of it, the link's writer is not
+//! writing and the stream takes it without waiting; otherwise it queues the frame for the
+//! link's writer. The first way spares a relayed packet one hand-off between tasks.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use meshcore_proto::link::{
     self, quality_score, Hello, LinkMessage, LinkMetrics, LINK_PROTOCOL_VERSION, MAX_FRAME_LEN,
@@ -117,9 +124,62 @@ pub struct LinkHandle {
     pub since: SystemTime,
     outbox: mpsc::Sender<LinkMessage>,
     data: mpsc::Sender<Bytes>,
+    data_writer: Arc<DataWriter>,
     metrics: Arc<Mutex<LinkMetrics>>,
     close: Arc<Mutex<Option<oneshot::Sender<CloseReason>>>>,
     pings: Pings,
+}
+
+/// This side's data stream, once open, shared by the link's writer and by senders that
+/// write without waiting ([`LinkHandle::try_send_data`]).
+#[derive(Debug, Default)]
+struct DataWriter {
+    /// The framed stream. The link's writer holds the lock while it writes.
+    stream: tokio::sync::Mutex<Option<FramedWrite<SendStream, LengthDelimitedCodec>>>,
+    /// A frame written without waiting is still (partly) buffered: the link's writer must
+    /// flush it.
+    flush_needed: tokio::sync::Notify,
+    /// Frames queued for the link's writer and not yet written into the stream; a frame is
+    /// written without waiting only when there are none, so frames keep their order.
+    queued: AtomicUsize,
+    /// Frames written without waiting, in the sender's task.
+    direct: AtomicU64,
+}
+
+impl DataWriter {
+    /// Writes `frame` into the stream if that needs no waiting; gives it back otherwise.
+    fn try_write(&self, frame: Bytes) -> Result<(), Bytes> {
+        let Ok(mut guard) = self.stream.try_lock() else {
+            return Err(frame);
+        };
+        let Some(writer) = guard.as_mut() else {
+            return Err(frame);
+        };
+        // Nobody is woken by this context: whatever is left to do is the link writer's
+        // (`flush_needed`), which polls with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut writer = Pin::new(writer);
+        if !matches!(
+            Sink::<Bytes>::poll_ready(writer.as_mut(), &mut cx),
+            Poll::Ready(Ok(()))
+        ) {
+            return Err(frame);
+        }
+        if writer.as_mut().start_send(frame).is_err() {
+            // The codec refused a frame checked against its limit: the stream is unusable;
+            // the link's writer reports the error on its next write.
+            self.flush_needed.notify_one();
+            return Ok(());
+        }
+        self.direct.fetch_add(1, Ordering::Relaxed);
+        if !matches!(
+            Sink::<Bytes>::poll_flush(writer, &mut cx),
+            Poll::Ready(Ok(()))
+        ) {
+            self.flush_needed.notify_one();
+        }
+        Ok(())
+    }
 }
 
 /// Pings awaiting their pong, by nonce.
@@ -156,12 +216,26 @@ impl LinkHandle {
         })
     }
 
-    /// Queues a data frame for the peer without waiting.
+    /// Sends a data frame to the peer without waiting: written into the data stream at once
+    /// when nothing is queued ahead of it and the stream takes it, else queued.
     pub fn try_send_data(&self, frame: Bytes) -> Result<(), SendError> {
         check_data_len(&frame)?;
-        self.data.try_send(frame).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        let queued = &self.data_writer.queued;
+        let frame = if queued.load(Ordering::Acquire) == 0 {
+            match self.data_writer.try_write(frame) {
+                Ok(()) => return Ok(()),
+                Err(frame) => frame,
+            }
+        } else {
+            frame
+        };
+        queued.fetch_add(1, Ordering::AcqRel);
+        self.data.try_send(frame).map_err(|error| {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            match error {
+                mpsc::error::TrySendError::Full(_) => SendError::Full,
+                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+            }
         })
     }
 
@@ -169,7 +243,12 @@ impl LinkHandle {
     /// sender goes at the pace the peer reads).
     pub async fn send_data(&self, frame: Bytes) -> Result<(), SendError> {
         check_data_len(&frame)?;
-        self.data.send(frame).await.map_err(|_| SendError::Closed)
+        let queued = &self.data_writer.queued;
+        queued.fetch_add(1, Ordering::AcqRel);
+        self.data.send(frame).await.map_err(|_| {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            SendError::Closed
+        })
     }
 
     /// Sends a `Ping` and waits for its `Pong`: the link's round trip through both nodes'
@@ -198,6 +277,12 @@ impl LinkHandle {
             pings.remove(&nonce);
         }
         result
+    }
+
+    /// Data frames written into the stream in the sender's task (not queued for the link's
+    /// writer) so far.
+    pub fn data_frames_written_directly(&self) -> u64 {
+        self.data_writer.direct.load(Ordering::Relaxed)
     }
 
     /// The latest measurements.
@@ -235,6 +320,7 @@ impl LinkHandle {
             since: SystemTime::now(),
             outbox,
             data,
+            data_writer: Arc::default(),
             metrics: Arc::new(Mutex::new(LinkMetrics::default())),
             close: Arc::new(Mutex::new(None)),
             pings: Pings::default(),
@@ -507,6 +593,7 @@ pub async fn run_quic_link(
     let (close_tx, close_rx) = oneshot::channel();
     let metrics = Arc::new(Mutex::new(LinkMetrics::default()));
     let pings = Pings::default();
+    let data_writer = Arc::new(DataWriter::default());
     let handle = LinkHandle {
         id,
         peer,
@@ -517,6 +604,7 @@ pub async fn run_quic_link(
         since: SystemTime::now(),
         outbox,
         data,
+        data_writer: Arc::clone(&data_writer),
         metrics: metrics.clone(),
         close: Arc::new(Mutex::new(Some(close_tx))),
         pings: pings.clone(),
@@ -558,7 +646,7 @@ pub async fn run_quic_link(
         close_rx,
         &metrics,
         &pings,
-        data_queue,
+        (data_queue, data_writer),
         frames,
     )
     .await;
@@ -583,12 +671,12 @@ async fn drive(
     mut close_rx: oneshot::Receiver<CloseReason>,
     metrics: &Mutex<LinkMetrics>,
     pings: &Pings,
-    data_queue: mpsc::Receiver<Bytes>,
+    (data_queue, data_writer): (mpsc::Receiver<Bytes>, Arc<DataWriter>),
     frames: FrameSink,
 ) -> String {
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     let mut meter = Meter::default();
-    let data_out = write_data(connection.clone(), data_queue);
+    let data_out = write_data(connection.clone(), data_queue, data_writer);
     tokio::pin!(data_out);
     let data_in = read_data(connection.clone(), frames, id, peer);
     tokio::pin!(data_in);
@@ -693,8 +781,13 @@ enum DataError {
     Stopped,
 }
 
-/// Writes queued data frames to this side's data stream, opened with the first frame.
-async fn write_data(connection: Connection, mut queue: mpsc::Receiver<Bytes>) -> DataError {
+/// Writes queued data frames to this side's data stream, opened with the first frame, and
+/// flushes what senders wrote into it without waiting (`shared`).
+async fn write_data(
+    connection: Connection,
+    mut queue: mpsc::Receiver<Bytes>,
+    shared: Arc<DataWriter>,
+) -> DataError {
     let Some(first) = queue.recv().await else {
         return DataError::Stopped;
     };
@@ -702,29 +795,43 @@ async fn write_data(connection: Connection, mut queue: mpsc::Receiver<Bytes>) ->
         Ok(stream) => stream,
         Err(error) => return DataError::Transport(error.to_string()),
     };
-    let mut writer = FramedWrite::new(stream, codec_with_limit(MAX_DATA_FRAME));
+    *shared.stream.lock().await = Some(FramedWrite::new(stream, codec_with_limit(MAX_DATA_FRAME)));
     let mut next = Some(first);
-    while let Some(frame) = next.take() {
-        // Coalesce what is already queued into one flush.
-        if let Err(error) = writer.feed(frame).await {
-            return DataError::Transport(error.to_string());
-        }
-        for _ in 1..DATA_BATCH {
-            match queue.try_recv() {
-                Ok(frame) => {
-                    if let Err(error) = writer.feed(frame).await {
-                        return DataError::Transport(error.to_string());
+    loop {
+        let mut guard = shared.stream.lock().await;
+        let Some(writer) = guard.as_mut() else {
+            return DataError::Stopped;
+        };
+        if let Some(frame) = next.take() {
+            // Coalesce what is already queued into one flush.
+            if let Err(error) = writer.feed(frame).await {
+                return DataError::Transport(error.to_string());
+            }
+            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            for _ in 1..DATA_BATCH {
+                match queue.try_recv() {
+                    Ok(frame) => {
+                        if let Err(error) = writer.feed(frame).await {
+                            return DataError::Transport(error.to_string());
+                        }
+                        shared.queued.fetch_sub(1, Ordering::AcqRel);
                     }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
         }
-        if let Err(error) = SinkExt::<Bytes>::flush(&mut writer).await {
+        if let Err(error) = SinkExt::<Bytes>::flush(writer).await {
             return DataError::Transport(error.to_string());
         }
-        next = queue.recv().await;
+        drop(guard);
+        tokio::select! {
+            frame = queue.recv() => match frame {
+                Some(frame) => next = Some(frame),
+                None => return DataError::Stopped,
+            },
+            () = shared.flush_needed.notified() => {}
+        }
     }
-    DataError::Stopped
 }
 
 /// Accepts the peer's data streams and delivers their frames to `frames`.
