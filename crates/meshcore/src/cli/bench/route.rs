@@ -5,7 +5,9 @@
 //! 1. the latency a relay adds: round trips of [`Routing::send`] (message out, sealed
 //!    acknowledgement back) timed by the caller, over a direct link and over lines with 1,
 //!    2, 3 relays; each relay is crossed twice per round trip, so the added latency per
-//!    relay crossing is `(RTT_k − RTT_0) / 2k`;
+//!    relay crossing is `(RTT_k − RTT_0) / 2k`. The four lines run side by side and take
+//!    turns, one probe each, so that whatever else the machine does weighs on all of them
+//!    alike;
 //! 2. a relay's per-packet work ([`route_packet`] on 1400-byte data frames: header decode,
 //!    next-hop lookup, copy and hop-limit decrement) in a tight loop on one thread, and
 //!    end-to-end message throughput through 0–3 relays (many `send`s in flight);
@@ -239,33 +241,52 @@ pub(super) async fn first_delivery(
     }
 }
 
-/// Round trips from the first node of `networks` to the last.
+/// Round trips of one line: its hops, the caller's timings and the driver's, in µs.
+struct RoundTrips {
+    hops: u8,
+    timed: Vec<f64>,
+    driver: Vec<f64>,
+}
+
+/// Round trips from the first node of each line to its last, the lines taking turns (one
+/// probe each per turn).
 async fn round_trips(
-    networks: &[Network],
+    lines: &[Vec<Network>],
     warmup: usize,
     samples: usize,
-) -> anyhow::Result<(u8, Vec<f64>, Vec<f64>)> {
-    let (first, last) = (&networks[0], &networks[networks.len() - 1]);
-    let routing = routing_of(first)?;
-    let to = last.node_id();
-    first_delivery(routing, to, STEP_TIMEOUT).await?;
+) -> anyhow::Result<Vec<RoundTrips>> {
+    let mut ends = Vec::with_capacity(lines.len());
+    for networks in lines {
+        let (first, last) = (&networks[0], &networks[networks.len() - 1]);
+        let routing = routing_of(first)?;
+        first_delivery(routing, last.node_id(), STEP_TIMEOUT).await?;
+        ends.push((routing, last.node_id()));
+    }
     let payload = Bytes::from(vec![0x5Au8; PROBE_BYTES]);
-    let mut hops = 0;
-    let (mut timed, mut driver) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    let mut results: Vec<RoundTrips> = lines
+        .iter()
+        .map(|_| RoundTrips {
+            hops: 0,
+            timed: Vec::with_capacity(samples),
+            driver: Vec::with_capacity(samples),
+        })
+        .collect();
     for i in 0..warmup + samples {
-        let started = Instant::now();
-        let delivery = routing
-            .send(to, payload.clone(), STEP_TIMEOUT)
-            .await
-            .context("a probe message was not acknowledged")?;
-        let elapsed = started.elapsed();
-        if i >= warmup {
-            timed.push(elapsed.as_secs_f64() * 1e6);
-            driver.push(delivery.rtt_ms * 1e3);
-            hops = delivery.hops;
+        for ((routing, to), result) in ends.iter().zip(&mut results) {
+            let started = Instant::now();
+            let delivery = routing
+                .send(*to, payload.clone(), STEP_TIMEOUT)
+                .await
+                .context("a probe message was not acknowledged")?;
+            let elapsed = started.elapsed();
+            if i >= warmup {
+                result.timed.push(elapsed.as_secs_f64() * 1e6);
+                result.driver.push(delivery.rtt_ms * 1e3);
+                result.hops = delivery.hops;
+            }
         }
     }
-    Ok((hops, timed, driver))
+    Ok(results)
 }
 
 /// Sends `total` bytes in `message`-byte messages from the first node to the last, with
@@ -498,9 +519,17 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
     let message = args.message.clamp(1, MAX_PAYLOAD);
     let mut latency: Vec<LineLatency> = Vec::new();
     let mut throughput: Vec<LineThroughput> = Vec::new();
+    let mut lines = Vec::with_capacity(RELAYS.len());
     for relays in RELAYS {
-        let networks = line(relays, args.fast_path).await?;
-        let (hops, timed, driver) = round_trips(&networks, args.warmup, args.samples).await?;
+        lines.push(line(relays, args.fast_path).await?);
+    }
+    let trips = round_trips(&lines, args.warmup, args.samples).await?;
+    for ((relays, networks), trips) in RELAYS.into_iter().zip(lines).zip(trips) {
+        let RoundTrips {
+            hops,
+            timed,
+            driver,
+        } = trips;
         let rtt = quantiles(timed);
         let added = |pick: fn(&Quantiles) -> f64| {
             latency
