@@ -2137,6 +2137,12 @@ impl Driver {
     }
 
     fn on_frame(&mut self, frame: ReceivedFrame) {
+        if frame.data.first() == Some(&TAG_STATEMENT) {
+            // A statement confirms bytes this node handed on, and bytes it does not know it
+            // handed on are refused as overclaimed: first book what the link tasks
+            // forwarded since the last wake-up.
+            self.take_fast_bookings();
+        }
         match frame.data.first() {
             Some(&TAG_ROUTE) => match route::decode(&frame.data[1..]) {
                 Ok(message) => {
