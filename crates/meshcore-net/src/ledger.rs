@@ -165,6 +165,9 @@ pub struct TokensInfo {
     /// Bytes this node handed to next hops that their statements do not cover yet: owed
     /// only once covered (never, for packets a relay refused or dropped).
     pub unconfirmed_bytes: u64,
+    /// Bytes next hops' statements claimed beyond what this node had handed them, since
+    /// start: not paid for (a next hop that inflates its count shows here).
+    pub bytes_overclaimed: u64,
     /// IOUs signed for neighbours since start.
     pub ious_sent: u64,
     /// IOUs accepted from neighbours since start.
@@ -215,6 +218,7 @@ pub(crate) fn tokens_info(book: &Bookkeeper, now: Timestamp, token_rate: f64) ->
         epoch: config.epoch,
         unpriced_bytes: book.unpriced_bytes(),
         unconfirmed_bytes: book.unconfirmed_bytes(),
+        bytes_overclaimed: book.counters().bytes_overclaimed,
         ious_sent: counters.ious_sent,
         ious_accepted: counters.ious_accepted,
         ious_refused: counters.ious_refused,

@@ -75,7 +75,7 @@ async fn a_relay_pays_the_next_relay_for_everything_it_forwarded_in_its_link_tas
     let payload = Bytes::from(vec![7u8; 16 * 1024]);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(32));
     let mut sends = tokio::task::JoinSet::new();
-    for _ in 0..1200 {
+    for _ in 0..2000 {
         let permit = Arc::clone(&in_flight).acquire_owned().await.expect("open");
         let (source, payload, to) = (source.clone(), payload.clone(), ids[3]);
         sends.spawn(async move {
@@ -96,21 +96,23 @@ async fn a_relay_pays_the_next_relay_for_everything_it_forwarded_in_its_link_tas
         "the first relay forwarded in its link tasks: {fast:?}"
     );
 
-    // The second relay's statements (every 250 ms) confirm everything the first handed it.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    // The second relay's statements (every 250 ms) confirm what the first handed it: wait
+    // for the last ones (all of it confirmed, or at most 5 s when the second relay dropped
+    // some packets, which it never states).
+    let settled = tokio::time::Instant::now() + Duration::from_secs(5);
+    let tokens = loop {
         let tokens = first_relay.tokens().await.expect("tokens");
-        if tokens.unconfirmed_bytes == 0 {
-            break;
+        if tokens.unconfirmed_bytes == 0 || tokio::time::Instant::now() > settled {
+            break tokens;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} bytes the first relay handed on were never confirmed: statements were \
-             taken as overclaims",
-            tokens.unconfirmed_bytes
-        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    assert_eq!(
+        tokens.bytes_overclaimed, 0,
+        "statements covered bytes the first relay had forwarded but not yet booked, and \
+         they went unpaid ({} bytes still unconfirmed)",
+        tokens.unconfirmed_bytes
+    );
     let second = routing(2).relay_stats().await.expect("stats");
     assert_eq!(second.dropped_throttled, 0, "{second:?}");
     for node in nodes {
