@@ -1333,6 +1333,25 @@ class PeerLink {
     }
   }
 
+  /**
+   * Acknowledges an APP or MESH_MESSAGE (APP_ACK of its seq) and returns what its payload
+   * hands to onMessage.
+   * @param {{seq: number, payload: Uint8Array}} message
+   * @param {string} name The message's name, for the error.
+   * @returns {unknown}
+   * @throws {ProtocolError} When the payload is not UTF-8.
+   */
+  #acknowledge(message, name) {
+    let text;
+    try {
+      text = strictUtf8Decoder.decode(message.payload);
+    } catch {
+      throw new ProtocolError(`${name} payload that is not UTF-8`);
+    }
+    this.send(u32Frame(Tag.APP_ACK, message.seq)).catch(() => {});
+    return parseAppText(text);
+  }
+
   /** @param {DecodedFrame} message */
   #dispatch(message) {
     switch (message.tag) {
@@ -1341,28 +1360,12 @@ class PeerLink {
         return;
       case Tag.PONG:
         return;
-      case Tag.APP: {
-        let text;
-        try {
-          text = strictUtf8Decoder.decode(message.payload);
-        } catch {
-          throw new ProtocolError('an APP payload that is not UTF-8');
-        }
-        this.send(u32Frame(Tag.APP_ACK, message.seq)).catch(() => {});
-        this.#events.onApp(this, parseAppText(text));
+      case Tag.APP:
+        this.#events.onApp(this, this.#acknowledge(message, 'an APP'));
         return;
-      }
-      case Tag.MESH_MESSAGE: {
-        let text;
-        try {
-          text = strictUtf8Decoder.decode(message.payload);
-        } catch {
-          throw new ProtocolError('a MESH_MESSAGE payload that is not UTF-8');
-        }
-        this.send(u32Frame(Tag.APP_ACK, message.seq)).catch(() => {});
-        this.#events.onMeshMessage(message.source, parseAppText(text), message.hops);
+      case Tag.MESH_MESSAGE:
+        this.#events.onMeshMessage(message.source, this.#acknowledge(message, 'a MESH_MESSAGE'), message.hops);
         return;
-      }
       case Tag.APP_ACK:
         this.#appAcks.resolve(message.seq, undefined);
         return;

@@ -1,12 +1,13 @@
 //! Data frames over a real link on loopback: delivered whole, in order, to the one consumer;
 //! oversized frames are refused before they are queued.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use meshcore_net::link::{SendError, MAX_DATA_FRAME};
-use meshcore_net::{Network, NetworkConfig};
-use meshcore_proto::link::Capabilities;
+use meshcore_net::Network;
 use meshcore_proto::NodeKeypair;
 use meshcore_store::Store;
 use rand_chacha::rand_core::SeedableRng;
@@ -15,22 +16,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 async fn network(seed: u64) -> Network {
     let keys = NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
-    let config = NetworkConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        bootstrap: Vec::new(),
-        lan: false,
-        pex: false,
-        min_links: 0,
-        max_links: 8,
-        relay_urls: Vec::new(),
-        capabilities: Capabilities::empty(),
-        rng_seed: seed,
-        dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
-        dht_discovery: false,
-        allowed_peers: Vec::new(),
-        routing: None,
-        webrtc: None,
-    };
+    let config = common::loopback_config(seed);
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")
 }

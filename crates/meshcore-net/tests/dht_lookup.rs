@@ -2,12 +2,13 @@
 //! publish signed address records, a node dials a node id it was never given an address
 //! for, and a node below `min_connections` links to nodes it found in the DHT.
 
+mod common;
+
 use std::time::Duration;
 
 use meshcore_net::dht::{decode_addrs, ADDRESS_SALT};
 use meshcore_net::{Network, NetworkConfig};
 use meshcore_proto::dht::Key;
-use meshcore_proto::link::Capabilities;
 use meshcore_proto::NodeKeypair;
 use meshcore_store::Store;
 use rand_chacha::rand_core::SeedableRng;
@@ -21,20 +22,9 @@ async fn network(seed: u64) -> Network {
 async fn network_with(seed: u64, min_links: usize, dht_discovery: bool) -> Network {
     let keys = NodeKeypair::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
     let config = NetworkConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        bootstrap: Vec::new(),
-        lan: false,
-        pex: false,
         min_links,
-        max_links: 8,
-        relay_urls: Vec::new(),
-        capabilities: Capabilities::empty(),
-        rng_seed: seed,
-        dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
         dht_discovery,
-        allowed_peers: Vec::new(),
-        routing: None,
-        webrtc: None,
+        ..common::loopback_config(seed)
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(&keys, config, store).await.expect("network")

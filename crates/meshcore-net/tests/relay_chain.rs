@@ -3,13 +3,14 @@
 //! it stated is one the first relay knows it handed on — so the first relay pays for all of
 //! it, none is left unconfirmed, and the second relay never throttles it.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use meshcore_net::routing::RoutingOptions;
 use meshcore_net::{Network, NetworkConfig};
-use meshcore_proto::link::Capabilities;
 use meshcore_proto::{NodeId, NodeKeypair};
 use meshcore_store::Store;
 use rand_chacha::rand_core::SeedableRng;
@@ -19,24 +20,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 async fn network(keys: &NodeKeypair, allowed: Vec<NodeId>, seed: u64) -> Network {
     let config = NetworkConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        bootstrap: Vec::new(),
-        lan: false,
-        pex: false,
-        min_links: 0,
-        max_links: 8,
-        relay_urls: Vec::new(),
-        capabilities: Capabilities::empty(),
-        rng_seed: seed,
-        dht_storage_bytes: meshcore_proto::dht::DEFAULT_STORAGE_BYTES,
-        dht_discovery: false,
         allowed_peers: allowed,
         routing: Some(RoutingOptions {
             // The budget is not what this test is about.
             relay_bandwidth: 1 << 40,
             ..RoutingOptions::new(10, Duration::from_secs(300), seed)
         }),
-        webrtc: None,
+        ..common::loopback_config(seed)
     };
     let store = Store::open_in_memory().await.expect("store");
     Network::start(keys, config, store).await.expect("network")
