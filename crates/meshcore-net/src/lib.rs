@@ -37,6 +37,7 @@ pub mod dht;
 pub mod endpoint;
 pub mod forward;
 pub mod lan;
+pub mod lane;
 pub mod ledger;
 pub mod link;
 pub mod network;

@@ -20,12 +20,19 @@
 //! once, in the caller's task, when nothing is queued ahead of it, the link's writer is not
 //! writing and the stream takes it without waiting; otherwise it queues the frame for the
 //! link's writer. The first way spares a relayed packet one hand-off between tasks.
+//!
+//! When the node runs a data lane ([`crate::lane`]) and the peer does too, frames that are
+//! routed packets (data and acknowledgements) of at most
+//! [`MAX_LANE_FRAME`](meshcore_proto::lane::MAX_LANE_FRAME) bytes go as sealed UDP
+//! datagrams instead, once the peer has said it hears them: they may then arrive out of
+//! order or not at all, which the router already handles end to end. Every other frame
+//! keeps the data stream's order.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +47,8 @@ use meshcore_proto::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::forward::Forwarder;
+use crate::lane::{DataLanes, LaneLink, LaneSender, LaneSignal};
+use meshcore_proto::lane::LaneOffer;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// How long each side waits for the other's `Hello`.
@@ -128,6 +137,7 @@ pub struct LinkHandle {
     metrics: Arc<Mutex<LinkMetrics>>,
     close: Arc<Mutex<Option<oneshot::Sender<CloseReason>>>>,
     pings: Pings,
+    lane: LaneSlot,
 }
 
 /// This side's data stream, once open, shared by the link's writer and by senders that
@@ -182,6 +192,10 @@ impl DataWriter {
     }
 }
 
+/// Where a link's task puts the sending half of its lane once the peer's offer came, for
+/// the link's handles.
+type LaneSlot = Arc<OnceLock<Arc<LaneSender>>>;
+
 /// Pings awaiting their pong, by nonce.
 type Pings = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;
 
@@ -220,6 +234,9 @@ impl LinkHandle {
     /// when nothing is queued ahead of it and the stream takes it, else queued.
     pub fn try_send_data(&self, frame: Bytes) -> Result<(), SendError> {
         check_data_len(&frame)?;
+        let Err(frame) = self.try_lane(frame) else {
+            return Ok(());
+        };
         let queued = &self.data_writer.queued;
         let frame = if queued.load(Ordering::Acquire) == 0 {
             match self.data_writer.try_write(frame) {
@@ -243,6 +260,9 @@ impl LinkHandle {
     /// sender goes at the pace the peer reads).
     pub async fn send_data(&self, frame: Bytes) -> Result<(), SendError> {
         check_data_len(&frame)?;
+        let Err(frame) = self.try_lane(frame) else {
+            return Ok(());
+        };
         let queued = &self.data_writer.queued;
         queued.fetch_add(1, Ordering::AcqRel);
         self.data.send(frame).await.map_err(|_| {
@@ -277,6 +297,19 @@ impl LinkHandle {
             pings.remove(&nonce);
         }
         result
+    }
+
+    /// Sends `frame` on the link's data lane if the lane is in use and takes it.
+    fn try_lane(&self, frame: Bytes) -> Result<(), Bytes> {
+        match self.lane.get() {
+            Some(lane) => lane.try_send(frame),
+            None => Err(frame),
+        }
+    }
+
+    /// Whether routed packets to the peer go on the data lane now ([`crate::lane`]).
+    pub fn data_lane_in_use(&self) -> bool {
+        self.lane.get().is_some_and(|lane| lane.is_ready())
     }
 
     /// Data frames written into the stream in the sender's task (not queued for the link's
@@ -324,6 +357,7 @@ impl LinkHandle {
             metrics: Arc::new(Mutex::new(LinkMetrics::default())),
             close: Arc::new(Mutex::new(None)),
             pings: Pings::default(),
+            lane: Arc::default(),
         };
         (handle, frames)
     }
@@ -394,7 +428,7 @@ impl FrameSink {
     }
 
     /// Delivers a frame, waiting for room. `false` if the consumer is gone.
-    async fn deliver(&self, frame: ReceivedFrame) -> bool {
+    pub(crate) async fn deliver(&self, frame: ReceivedFrame) -> bool {
         if let Some(forwarder) = self.forwarder.get() {
             if forwarder.try_forward(&frame) {
                 return true;
@@ -579,6 +613,8 @@ pub fn remote_addr(connection: &Connection) -> Option<SocketAddr> {
 }
 
 /// Offers a handshaked QUIC link to the actor and, if it is kept, runs it until it closes.
+/// With `lanes`, the link also offers the peer a data lane.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_quic_link(
     connection: Connection,
     (reader, writer, hello): (Reader, Writer, Hello),
@@ -587,6 +623,7 @@ pub async fn run_quic_link(
     direction: Direction,
     events: mpsc::Sender<LinkEvent>,
     frames: FrameSink,
+    lanes: Option<Arc<DataLanes>>,
 ) {
     let (outbox, inbox) = mpsc::channel(SEND_QUEUE);
     let (data, data_queue) = mpsc::channel(DATA_QUEUE);
@@ -594,6 +631,7 @@ pub async fn run_quic_link(
     let metrics = Arc::new(Mutex::new(LinkMetrics::default()));
     let pings = Pings::default();
     let data_writer = Arc::new(DataWriter::default());
+    let lane_slot = LaneSlot::default();
     let handle = LinkHandle {
         id,
         peer,
@@ -608,6 +646,7 @@ pub async fn run_quic_link(
         metrics: metrics.clone(),
         close: Arc::new(Mutex::new(Some(close_tx))),
         pings: pings.clone(),
+        lane: Arc::clone(&lane_slot),
     };
     let (decision_tx, decision_rx) = oneshot::channel();
     if events
@@ -635,6 +674,10 @@ pub async fn run_quic_link(
             return;
         }
     }
+    let lane = match (lanes, remote_addr(&connection)) {
+        (Some(lanes), Some(addr)) => Some(LaneLink::start(lanes, peer, id, addr.ip())),
+        _ => None,
+    };
     let reason = drive(
         &connection,
         reader,
@@ -648,6 +691,7 @@ pub async fn run_quic_link(
         &pings,
         (data_queue, data_writer),
         frames,
+        (lane, lane_slot),
     )
     .await;
     let _ = events
@@ -673,7 +717,21 @@ async fn drive(
     pings: &Pings,
     (data_queue, data_writer): (mpsc::Receiver<Bytes>, Arc<DataWriter>),
     frames: FrameSink,
+    (lane, lane_slot): (Option<(LaneLink, LaneOffer)>, LaneSlot),
 ) -> String {
+    let mut lane = match lane {
+        Some((lane, offer)) => {
+            if writer
+                .send(Bytes::from(link::encode(&LinkMessage::LaneOffer(offer))))
+                .await
+                .is_err()
+            {
+                return "transport: write failed".to_owned();
+            }
+            Some(lane)
+        }
+        None => None,
+    };
     let mut tick = tokio::time::interval(METRICS_INTERVAL);
     let mut meter = Meter::default();
     let data_out = write_data(connection.clone(), data_queue, data_writer);
@@ -718,6 +776,20 @@ async fn drive(
                     Ok(LinkMessage::Hello(_)) => {
                         return violation(connection, events, id, peer, "a second Hello".to_owned()).await;
                     }
+                    Ok(LinkMessage::LaneOffer(offer)) => {
+                        if let Some(lane) = lane.as_mut() {
+                            match lane.accept(&offer) {
+                                Ok(sender) => { let _ = lane_slot.set(sender); }
+                                Err(error) => tracing::debug!(%peer, %error, "no data lane with this peer"),
+                            }
+                        }
+                    }
+                    Ok(LinkMessage::LaneReady) => {
+                        if let Some(lane) = lane.as_mut() { lane.on_peer(true); }
+                    }
+                    Ok(LinkMessage::LaneDown) => {
+                        if let Some(lane) = lane.as_mut() { lane.on_peer(false); }
+                    }
                     Ok(message) => {
                         if events.send(LinkEvent::Message { link: id, peer, message }).await.is_err() {
                             return "shutting down".to_owned();
@@ -738,15 +810,46 @@ async fn drive(
                 connection.close(VarInt::from_u32(code), reason.as_bytes());
                 return reason;
             }
+            () = lane_probed(lane.as_ref()) => {
+                let signal = lane.as_mut().and_then(LaneLink::on_probe);
+                if send_lane_signal(&mut writer, signal).await.is_err() {
+                    return "transport: write failed".to_owned();
+                }
+            }
             _ = tick.tick() => {
                 let measured = meter.measure(connection);
                 if let Ok(mut slot) = metrics.lock() {
                     *slot = measured;
                 }
+                let signal = lane.as_mut().and_then(LaneLink::on_tick);
+                if send_lane_signal(&mut writer, signal).await.is_err() {
+                    return "transport: write failed".to_owned();
+                }
             }
             error = connection.closed() => return format!("connection closed: {error}"),
         }
     }
+}
+
+/// Waits for a probe on the link's lane; forever without one.
+async fn lane_probed(lane: Option<&LaneLink>) {
+    match lane {
+        Some(lane) => lane.probed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells the peer what a lane step decided, if anything.
+async fn send_lane_signal(writer: &mut Writer, signal: Option<LaneSignal>) -> Result<(), ()> {
+    let message = match signal {
+        Some(LaneSignal::Ready) => LinkMessage::LaneReady,
+        Some(LaneSignal::Down) => LinkMessage::LaneDown,
+        None => return Ok(()),
+    };
+    writer
+        .send(Bytes::from(link::encode(&message)))
+        .await
+        .map_err(|_| ())
 }
 
 async fn violation(

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::dht::{AddressBook, Dht, DhtAddressLookup, DhtOptions, DHT_ALPN};
 use crate::endpoint::{self, endpoint_id_of, inbound_peer, EndpointError};
+use crate::lane::{DataLanes, LaneCounters};
 use crate::link::{
     self, close_code, FrameSink, HandshakeError, LinkEvent, LinkHandle, ReceivedFrame,
 };
@@ -86,6 +87,9 @@ pub struct NetworkConfig {
     pub routing: Option<RoutingOptions>,
     /// Accept browser peers over WebRTC; `None`: no WebRTC.
     pub webrtc: Option<WebRtcOptions>,
+    /// Carry routed packets of links on a UDP data lane beside QUIC ([`crate::lane`]);
+    /// `false`: everything on QUIC.
+    pub data_lane: bool,
 }
 
 /// A link as listed by `GET /v1/connections` (the specification's columns, and more).
@@ -125,6 +129,8 @@ pub struct ConnectionInfo {
     pub connected_at: u64,
     /// The peer's link protocol version.
     pub protocol_version: u16,
+    /// Routed packets to the peer go on the UDP data lane (not inside QUIC).
+    pub data_lane: bool,
 }
 
 /// Why a requested connection was not made.
@@ -206,6 +212,7 @@ pub struct Network {
     dht: Dht,
     routing: Option<Routing>,
     webrtc: Option<WebRtc>,
+    lanes: Option<Arc<DataLanes>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -260,6 +267,17 @@ impl Network {
         });
         let next_link = Arc::new(AtomicU64::new(1));
         let frames = FrameSink::new(FRAME_QUEUE);
+        let lanes = if config.data_lane {
+            match DataLanes::bind(local, config.listen.ip(), frames.clone()) {
+                Ok(lanes) => Some(lanes),
+                Err(error) => {
+                    tracing::warn!(%error, ip = %config.listen.ip(), "the data lane is off: its UDP socket could not be bound");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let book = AddressBook::default();
         let dht_parts = Dht::start(
             keys,
@@ -289,6 +307,7 @@ impl Network {
                     events: link_events_tx.clone(),
                     next_link: next_link.clone(),
                     frames: frames.clone(),
+                    lanes: lanes.clone(),
                     handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
                 },
             )
@@ -359,6 +378,7 @@ impl Network {
             dht: dht.clone(),
             routing: routing.clone(),
             webrtc,
+            lanes: lanes.clone(),
         };
         for entry in &config.bootstrap {
             network.add_bootstrap(entry);
@@ -387,6 +407,7 @@ impl Network {
             dial_events: dial_tx,
             next_link,
             frames,
+            lanes,
             dht,
             book,
             dht_discovery: config.dht_discovery,
@@ -409,6 +430,11 @@ impl Network {
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.local
+    }
+
+    /// The data lane's running totals; `None` when the node runs no lane.
+    pub fn lane_counters(&self) -> Option<LaneCounters> {
+        self.lanes.as_ref().map(|lanes| lanes.counters())
     }
 
     /// The sockets the endpoint is bound to.
@@ -559,6 +585,9 @@ impl Network {
         if let Some(webrtc) = &self.webrtc {
             webrtc.shutdown().await;
         }
+        if let Some(lanes) = &self.lanes {
+            lanes.close();
+        }
         let (reply, done) = oneshot::channel();
         if self.commands.send(Command::Shutdown(reply)).await.is_ok() {
             let _ = done.await;
@@ -583,6 +612,7 @@ struct LinkAcceptor {
     next_link: Arc<AtomicU64>,
     handshakes: Arc<Semaphore>,
     frames: FrameSink,
+    lanes: Option<Arc<DataLanes>>,
 }
 
 impl ProtocolHandler for LinkAcceptor {
@@ -610,6 +640,7 @@ impl ProtocolHandler for LinkAcceptor {
                     Direction::Inbound,
                     self.events.clone(),
                     self.frames.clone(),
+                    self.lanes.clone(),
                 )
                 .await;
             }
@@ -641,6 +672,7 @@ struct Actor {
     dial_events: mpsc::Sender<DialOutcome>,
     next_link: Arc<AtomicU64>,
     frames: FrameSink,
+    lanes: Option<Arc<DataLanes>>,
     dht: Dht,
     book: AddressBook,
     dht_discovery: bool,
@@ -940,6 +972,7 @@ impl Actor {
         let hello = self.hello.clone();
         let events = self.link_events.clone();
         let frames = self.frames.clone();
+        let lanes = self.lanes.clone();
         let failures = self.dial_events.clone();
         let id = LinkId(self.next_link.fetch_add(1, Ordering::Relaxed));
         tokio::spawn(async move {
@@ -968,6 +1001,7 @@ impl Actor {
                         Direction::Outbound,
                         events,
                         frames,
+                        lanes,
                     )
                     .await;
                 }
@@ -1038,6 +1072,7 @@ impl Actor {
                 .map(str::to_owned)
                 .collect(),
             remote_addr: link.remote_addr.map(|a| a.to_string()),
+            data_lane: link.data_lane_in_use(),
             connected_at: link
                 .since
                 .duration_since(UNIX_EPOCH)

@@ -913,6 +913,7 @@ impl Driver {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
             protocol_version: 1,
+            data_lane: false,
         }
     }
 }

@@ -111,6 +111,10 @@ pub struct NodeStats {
     /// Browser sessions (WebRTC); absent when WebRTC is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webrtc: Option<meshcore_net::webrtc::WebRtcStats>,
+    /// The data lane's counters (routed packets and probes sent and received on UDP,
+    /// datagrams refused, sends the kernel refused); absent when `data_lane` is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_lane: Option<meshcore_net::lane::LaneCounters>,
 }
 
 /// A handle to the running node. Clones share the node.
@@ -207,6 +211,7 @@ impl Node {
                     bind,
                     max_sessions: MAX_BROWSER_SESSIONS,
                 }),
+                data_lane: settings.data_lane,
             },
             store.clone(),
         )
@@ -422,6 +427,7 @@ impl Node {
                 Some(webrtc) => Some(webrtc.stats().await),
                 None => None,
             },
+            data_lane: self.inner.network.lane_counters(),
         })
     }
 

@@ -75,13 +75,15 @@ pub enum SettingKey {
     DhtStorageBytes,
     /// `dht_discovery`
     DhtDiscovery,
+    /// `data_lane`
+    DataLane,
     /// `allowed_peers`
     AllowedPeers,
 }
 
 impl SettingKey {
     /// Every setting, in documentation order.
-    pub const ALL: [SettingKey; 23] = [
+    pub const ALL: [SettingKey; 24] = [
         Self::RelayBandwidth,
         Self::RelayEnabled,
         Self::PeerBandwidth,
@@ -104,6 +106,7 @@ impl SettingKey {
         Self::RelayUrls,
         Self::DhtStorageBytes,
         Self::DhtDiscovery,
+        Self::DataLane,
         Self::AllowedPeers,
     ];
 
@@ -132,6 +135,7 @@ impl SettingKey {
             Self::RelayUrls => "relay_urls",
             Self::DhtStorageBytes => "dht_storage_bytes",
             Self::DhtDiscovery => "dht_discovery",
+            Self::DataLane => "data_lane",
             Self::AllowedPeers => "allowed_peers",
         }
     }
@@ -160,6 +164,7 @@ impl SettingKey {
             Self::PexEnabled => "exchange samples of known nodes with linked peers; true or false; default true; applies at the next start",
             Self::RelayUrls => "self-hosted iroh relay servers, as https:// URLs; default none (relays off); applies at the next start",
             Self::DhtDiscovery => "link to nodes found in the DHT's routing table while below min_connections; true or false; default true; applies at the next start",
+            Self::DataLane => "carry routed packets of links as sealed UDP datagrams on a second port beside QUIC (one task per relay crossing); true or false; default true; applies at the next start",
             Self::AllowedPeers => "the only nodes this node links to, as node ids; links to and from any other node are refused (inbound, dialed, and found by discovery); default none (any node); applies at the next start",
             Self::DhtStorageBytes => "bytes of DHT records this node holds at most (its own and others'); 65536 to 1099511627776; default 104857600 (100 MiB); applies at the next start",
         }
@@ -301,6 +306,8 @@ pub struct Settings {
     pub dht_storage_bytes: u64,
     /// Whether nodes found through the DHT are dialed; default true.
     pub dht_discovery: bool,
+    /// Whether links carry routed packets on a UDP data lane beside QUIC; default true.
+    pub data_lane: bool,
     /// The only node ids links are made with; default none (any node).
     pub allowed_peers: Vec<String>,
 }
@@ -330,6 +337,7 @@ impl Default for Settings {
             relay_urls: Vec::new(),
             dht_storage_bytes: 100 * 1024 * 1024,
             dht_discovery: true,
+            data_lane: true,
             allowed_peers: Vec::new(),
         }
     }
@@ -696,6 +704,9 @@ impl Settings {
             }
             SettingKey::DhtDiscovery => {
                 self.dht_discovery = expect_value(key, value, "true or false")?;
+            }
+            SettingKey::DataLane => {
+                self.data_lane = expect_value(key, value, "true or false")?;
             }
             SettingKey::AllowedPeers => {
                 self.allowed_peers = text_list(key, value, "node ids", |text| {

@@ -27,6 +27,7 @@ pub mod browser_mesh;
 pub mod dht;
 pub mod e2e;
 pub mod identity;
+pub mod lane;
 pub mod ledger;
 pub mod link;
 pub mod peers;

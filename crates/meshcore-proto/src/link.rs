@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{NodeId, NODE_ID_LEN};
+pub use crate::lane::LaneOffer;
 
 /// The ALPN of the link protocol.
 pub const LINK_ALPN: &[u8] = b"meshcore/link/1";
@@ -102,6 +103,15 @@ pub enum LinkMessage {
     Ping(u64),
     /// Answer to a `Ping`.
     Pong(u64),
+    /// Offers a data lane for this link (see [`crate::lane`]); sent once by each side that
+    /// runs one.
+    LaneOffer(LaneOffer),
+    /// The sender now receives the peer's lane datagrams: the peer may send routed packets
+    /// on the lane.
+    LaneReady,
+    /// The sender no longer receives the peer's lane datagrams: the peer must send on the
+    /// QUIC connection until the next `LaneReady`.
+    LaneDown,
 }
 
 /// Why bytes from a peer were not a valid message.
@@ -213,6 +223,13 @@ mod tests {
             }]),
             LinkMessage::Ping(7),
             LinkMessage::Pong(u64::MAX),
+            LinkMessage::LaneOffer(LaneOffer {
+                port: 7001,
+                lane_id: u64::MAX,
+                key_share: [9; 32],
+            }),
+            LinkMessage::LaneReady,
+            LinkMessage::LaneDown,
         ];
         for message in messages {
             assert_eq!(decode(&encode(&message)), Ok(message));

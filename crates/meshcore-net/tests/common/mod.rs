@@ -21,5 +21,6 @@ pub(crate) fn loopback_config(seed: u64) -> NetworkConfig {
         allowed_peers: Vec::new(),
         routing: None,
         webrtc: None,
+        data_lane: true,
     }
 }

@@ -112,6 +112,10 @@ enum BenchKind {
         /// path before the forwarding plane, for comparison).
         #[arg(long)]
         no_fast_path: bool,
+        /// Links carry routed packets inside QUIC only, not on the UDP data lane (the path
+        /// before the lane, for comparison).
+        #[arg(long)]
+        no_lane: bool,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -193,6 +197,7 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             in_flight,
             recoveries,
             no_fast_path,
+            no_lane,
             json,
         } => runtime.block_on(route::bench(route::RouteBenchArgs {
             samples,
@@ -203,7 +208,10 @@ pub(super) fn run(args: BenchArgs) -> anyhow::Result<()> {
             message,
             in_flight,
             recoveries,
-            fast_path: !no_fast_path,
+            paths: route::DataPaths {
+                fast_path: !no_fast_path,
+                lane: !no_lane,
+            },
             json,
         })),
         BenchKind::Relay {
@@ -330,6 +338,7 @@ async fn in_process_network(min_links: usize, bootstrap: Vec<String>) -> anyhow:
         allowed_peers: Vec::new(),
         routing: None,
         webrtc: None,
+        data_lane: true,
     };
     Ok(Network::start(&keys, config, Store::open_in_memory().await?).await?)
 }

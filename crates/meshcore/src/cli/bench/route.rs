@@ -55,10 +55,28 @@ pub(super) struct RouteBenchArgs {
     pub(super) in_flight: usize,
     /// Link-failure recoveries timed.
     pub(super) recoveries: usize,
-    /// Whether relays forward on the fast path (link tasks) or only through the driver.
-    pub(super) fast_path: bool,
+    /// Which data paths the nodes use.
+    pub(super) paths: DataPaths,
     /// Print JSON.
     pub(super) json: bool,
+}
+
+/// The data paths of a bench's nodes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DataPaths {
+    /// Relays forward in the task that received a packet (link task or lane), not only
+    /// through their routing driver.
+    pub(super) fast_path: bool,
+    /// Links carry routed packets on the UDP data lane, not only inside QUIC.
+    pub(super) lane: bool,
+}
+
+impl DataPaths {
+    /// What a node runs by default.
+    pub(super) const DEFAULT: Self = Self {
+        fast_path: true,
+        lane: true,
+    };
 }
 
 /// Relays on the lines measured.
@@ -137,7 +155,7 @@ fn unix_now() -> Timestamp {
 async fn routed_network(
     keys: &NodeKeypair,
     allowed: Vec<NodeId>,
-    fast_path: bool,
+    paths: DataPaths,
 ) -> anyhow::Result<Network> {
     let config = NetworkConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -153,13 +171,14 @@ async fn routed_network(
         dht_discovery: false,
         allowed_peers: allowed,
         routing: Some(RoutingOptions {
-            fast_path,
+            fast_path: paths.fast_path,
             // The relays' budget is a policy (default 5 MiB/s), not what the data path
             // can do: `bench relay` measures the budget.
             relay_bandwidth: UNCAPPED_RELAY_BANDWIDTH,
             ..RoutingOptions::new(10, Duration::from_secs(300), rand::random())
         }),
         webrtc: None,
+        data_lane: paths.lane,
     };
     Ok(Network::start(keys, config, Store::open_in_memory().await?).await?)
 }
@@ -175,14 +194,14 @@ pub(super) async fn topology(
     nodes: usize,
     edges: &[(usize, usize)],
 ) -> anyhow::Result<Vec<Network>> {
-    topology_with(nodes, edges, true).await
+    topology_with(nodes, edges, DataPaths::DEFAULT).await
 }
 
 /// [`topology`], with the relays' fast path on or off.
 pub(super) async fn topology_with(
     nodes: usize,
     edges: &[(usize, usize)],
-    fast_path: bool,
+    paths: DataPaths,
 ) -> anyhow::Result<Vec<Network>> {
     let keys: Vec<NodeKeypair> = (0..nodes)
         .map(|_| NodeKeypair::generate(&mut rand::rngs::OsRng))
@@ -198,7 +217,7 @@ pub(super) async fn topology_with(
                 _ => None,
             })
             .collect();
-        networks.push(routed_network(key, allowed, fast_path).await?);
+        networks.push(routed_network(key, allowed, paths).await?);
     }
     for &(a, b) in edges {
         networks[a]
@@ -214,10 +233,10 @@ pub(super) async fn topology_with(
 }
 
 /// A line of `relays + 2` nodes.
-async fn line(relays: usize, fast_path: bool) -> anyhow::Result<Vec<Network>> {
+async fn line(relays: usize, paths: DataPaths) -> anyhow::Result<Vec<Network>> {
     let nodes = relays + 2;
     let edges: Vec<(usize, usize)> = (0..nodes - 1).map(|i| (i, i + 1)).collect();
-    topology_with(nodes, &edges, fast_path).await
+    topology_with(nodes, &edges, paths).await
 }
 
 pub(super) async fn shutdown_all(networks: Vec<Network>) {
@@ -527,9 +546,17 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
     let mut throughput: Vec<LineThroughput> = Vec::new();
     let mut lines = Vec::with_capacity(RELAYS.len());
     for relays in RELAYS {
-        lines.push(line(relays, args.fast_path).await?);
+        lines.push(line(relays, args.paths).await?);
     }
     let trips = round_trips(&lines, args.warmup, args.samples).await?;
+    // What went on the lanes during the round trips (every routed packet, when they were
+    // all up), against what the relays forwarded.
+    let lane_frames_sent: u64 = lines
+        .iter()
+        .flatten()
+        .filter_map(|network| network.lane_counters())
+        .map(|counters| counters.frames_sent)
+        .sum();
     for ((relays, networks), trips) in RELAYS.into_iter().zip(lines).zip(trips) {
         let RoundTrips {
             hops,
@@ -585,7 +612,9 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
     let recovery_q = quantiles(recoveries.clone());
 
     let report = json!({
-        "fast_path": args.fast_path,
+        "fast_path": args.paths.fast_path,
+        "data_lane": args.paths.lane,
+        "lane_frames_sent": lane_frames_sent,
         "probe_bytes": PROBE_BYTES,
         "latency": latency,
         "relay_forwarding": relay,
@@ -609,8 +638,9 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "Round trips of Routing::send ({PROBE_BYTES}-byte message + acknowledgement), µs, relays forwarding {}:",
-        if args.fast_path { "in their link tasks (fast path)" } else { "through their routing driver only (--no-fast-path)" }
+        "Round trips of Routing::send ({PROBE_BYTES}-byte message + acknowledgement), µs, routed packets {}, relays forwarding {}:",
+        if args.paths.lane { "on the UDP data lane" } else { "inside QUIC only (--no-lane)" },
+        if args.paths.fast_path { "in the task that received them (fast path)" } else { "through their routing driver only (--no-fast-path)" }
     );
     println!(
         "{:<8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>10} {:>16} {:>16}",
@@ -640,7 +670,7 @@ pub(super) async fn bench(args: RouteBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "(n = {} per line after {} warm-up)",
+        "(n = {} per line after {} warm-up; {lane_frames_sent} routed packets sent on data lanes)",
         args.samples, args.warmup
     );
     println!();
