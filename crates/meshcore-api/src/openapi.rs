@@ -80,6 +80,41 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
 mod tests {
     use super::openapi_document;
 
+    /// Every `$ref` in `value`.
+    fn refs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, inner) in map {
+                    match (key.as_str(), inner.as_str()) {
+                        ("$ref", Some(target)) => found.push(target.to_owned()),
+                        _ => refs(inner, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| refs(item, found)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let document = serde_json::to_value(openapi_document()).expect("serialisable");
+        let mut found = Vec::new();
+        refs(&document, &mut found);
+        assert!(!found.is_empty());
+        for target in found {
+            let name = target
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("an unexpected reference {target}"));
+            assert!(
+                document["components"]["schemas"].get(name).is_some(),
+                "{target} is referenced but not in the document"
+            );
+        }
+        let stats = &document["components"]["schemas"]["NodeStats"]["properties"];
+        assert!(stats.get("data_lane").is_some(), "{stats}");
+    }
+
     #[test]
     fn a_route_shows_its_price() {
         let document = serde_json::to_value(openapi_document()).expect("serialisable");

@@ -324,6 +324,11 @@ impl LaneLink {
         link: LinkId,
         peer_ip: IpAddr,
     ) -> (Self, LaneOffer) {
+        // An IPv6 socket (bound to `[::]`) reaches an IPv4 peer at its mapped address.
+        let peer_ip = match (lanes.send_socket.local_addr(), peer_ip) {
+            (Ok(SocketAddr::V6(_)), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => peer_ip,
+        };
         let secret = LaneSecret::generate(lanes.port, &mut rand::rngs::OsRng);
         let offer = secret.offer();
         let lane = Self {
@@ -344,7 +349,7 @@ impl LaneLink {
     pub fn accept(&mut self, offer: &LaneOffer) -> Result<Arc<LaneSender>, LaneError> {
         let Some(secret) = self.secret.take() else {
             // A second offer on one link: the first one stands.
-            return Err(LaneError::Forged);
+            return Err(LaneError::SecondOffer);
         };
         let LaneKeys { sealer, opener } =
             LaneKeys::derive(&self.lanes.local, &self.peer, &secret, offer)?;
@@ -549,6 +554,29 @@ mod tests {
             assert_eq!(sender_a.try_send(frame.clone()), Err(frame), "{len} bytes");
         }
         assert_eq!(a.counters().frames_sent, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_carries_nothing_until_the_peer_says_it_hears_it() {
+        let ((a, _at_a), (b, _at_b)) = (node(9), node(10));
+        let ip = "127.0.0.1".parse().expect("ip");
+        let (mut lane_a, _) = LaneLink::start(Arc::clone(&a), b.local, LinkId(2), ip);
+        let (_lane_b, offer_b) = LaneLink::start(Arc::clone(&b), a.local, LinkId(2), ip);
+        let sender = lane_a.accept(&offer_b).expect("keys");
+        assert_eq!(
+            lane_a.accept(&offer_b).err(),
+            Some(LaneError::SecondOffer),
+            "the first offer stands"
+        );
+        // No LaneReady from b yet (a firewall could be dropping everything a sends).
+        let frame = routed(TAG_DATA, 64);
+        assert_eq!(sender.try_send(frame.clone()), Err(frame.clone()));
+        lane_a.on_peer(true);
+        assert_eq!(sender.try_send(frame.clone()), Ok(()));
+        // LaneDown: back to QUIC until the next LaneReady.
+        lane_a.on_peer(false);
+        assert_eq!(sender.try_send(frame.clone()), Err(frame));
+        assert_eq!(a.counters().frames_sent, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -780,7 +780,7 @@ async fn drive(
                         if let Some(lane) = lane.as_mut() {
                             match lane.accept(&offer) {
                                 Ok(sender) => { let _ = lane_slot.set(sender); }
-                                Err(error) => tracing::debug!(%peer, %error, "no data lane with this peer"),
+                                Err(error) => tracing::debug!(%peer, %error, "the peer's lane offer was not taken"),
                             }
                         }
                     }

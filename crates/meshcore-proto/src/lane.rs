@@ -94,6 +94,9 @@ pub enum LaneError {
     /// The plaintext's kind byte is unknown, or a probe carries a body.
     #[error("unknown lane payload kind {0}")]
     UnknownKind(u8),
+    /// The peer offered a lane a second time on one link; the first offer stands.
+    #[error("a second lane offer on one link (the first one stands)")]
+    SecondOffer,
     /// The sender used up its counters; the link must fall back to QUIC.
     #[error("the lane's counters are used up")]
     Exhausted,

@@ -159,7 +159,8 @@ impl NsNode {
         }
     }
 
-    async fn linked_ids(&self) -> Vec<String> {
+    /// The host's links, as `meshcore peers --json` lists them.
+    async fn links(&self) -> Vec<Value> {
         let run = tokio::process::Command::new("ip")
             .args([
                 "netns", "exec", &self.ns, BINARY, "peers", "--json", "--api", API,
@@ -175,15 +176,15 @@ impl NsNode {
             String::from_utf8_lossy(&output.stderr)
         );
         let links: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-        links
-            .as_array()
-            .map(|links| {
-                links
-                    .iter()
-                    .filter_map(|l| l["remote_node_id"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        links.as_array().cloned().unwrap_or_default()
+    }
+
+    async fn linked_ids(&self) -> Vec<String> {
+        self.links()
+            .await
+            .iter()
+            .filter_map(|l| l["remote_node_id"].as_str().map(str::to_owned))
+            .collect()
     }
 }
 
@@ -364,6 +365,25 @@ async fn a_message_crosses_a_line_of_five_hosts() {
     assert_eq!(route["next_hop"], ids[1].as_str(), "{route}");
     let delivery = lab.nodes[0]
         .cli(&["send", &ids[4], "across five hosts"])
+        .await
+        .expect("delivered");
+    assert_eq!(delivery["delivered"], true, "{delivery}");
+    assert_eq!(delivery["hops"], 4, "{delivery}");
+
+    // Each link's data lane comes up across the wires (each side heard the other's probes
+    // on the neighbour's address), and routed packets then cross on it.
+    eventually("every link's data lane to be in use", || async {
+        for host in 0..5 {
+            let links = lab.nodes[host].links().await;
+            if links.is_empty() || !links.iter().all(|link| link["data_lane"] == true) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let delivery = lab.nodes[0]
+        .cli(&["send", &ids[4], "across five hosts on the lanes"])
         .await
         .expect("delivered");
     assert_eq!(delivery["delivered"], true, "{delivery}");

@@ -172,6 +172,42 @@ async fn a_message_crosses_a_line_of_five_nodes() {
     );
     assert_eq!(end["routing"]["e2e_rejected"], 0, "{end}");
 
+    // Once every link's data lane is up, a message and its acknowledgement cross the
+    // middle relay on lanes.
+    eventually("every link's data lane to be in use", || async {
+        for node in &nodes {
+            let (status, links) = send(http().get(node.url("/v1/connections"))).await;
+            let links = links.as_array().cloned().unwrap_or_default();
+            if status != 200 || links.is_empty() || !links.iter().all(|l| l["data_lane"] == true) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let lane_frames = |stats: &serde_json::Value| {
+        stats["data_lane"]["frames_received"]
+            .as_u64()
+            .expect("the middle node runs a data lane")
+    };
+    let before = lane_frames(&send(http().get(nodes[2].url("/v1/stats"))).await.1);
+    let (status, delivery) = send(
+        http()
+            .post(nodes[0].url("/v1/messages"))
+            .json(&json!({ "destination": ids[4], "payload": "on the lanes" })),
+    )
+    .await;
+    assert_eq!(
+        (status, delivery["hops"].as_u64()),
+        (200, Some(4)),
+        "{delivery}"
+    );
+    let after = lane_frames(&send(http().get(nodes[2].url("/v1/stats"))).await.1);
+    assert!(
+        after >= before + 2,
+        "lane frames at the middle: {before} → {after}"
+    );
+
     // A plain GET (no upgrade) is refused with a JSON error.
     let (status, body) = send(http().get(nodes[4].url("/v1/events"))).await;
     assert_eq!(
