@@ -25,6 +25,10 @@
 //! 4. while the lane is in use, each side probes once per second; a side that opens
 //!    nothing for [`LANE_SILENCE`] tells the peer `LaneDown`, and the peer goes back to
 //!    QUIC until the next `LaneReady`.
+//!
+//! A side sends to the peer's lane port at the IP the link uses; when a datagram from the
+//! peer opens, it answers at the port that datagram came from (a NAT may have rewritten
+//! it). The IP never changes, so no datagram is ever aimed at another host.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -108,6 +112,25 @@ struct LaneReceiver {
     epoch: Instant,
     /// A probe opened (the link's task answers `LaneReady`).
     probed: Notify,
+    /// Where the link's sender sends; see [`LaneReceiver::heard_from`].
+    peer_addr: Arc<Mutex<SocketAddr>>,
+}
+
+impl LaneReceiver {
+    /// A datagram from the peer opened, sent from `from`. If the peer's port changed (a NAT
+    /// rewrote it, or the offer named a port the peer is not seen from), answers go there
+    /// from now on, as WireGuard's endpoints roam; only the port may move, never the IP the
+    /// QUIC link uses, so no datagram can be aimed at another host.
+    fn heard_from(&self, from: SocketAddr) {
+        let mut to = self
+            .peer_addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *to != from && to.ip() == from.ip() {
+            tracing::debug!(peer = %self.peer, old = %*to, new = %from, "the peer's lane port moved");
+            *to = from;
+        }
+    }
 }
 
 impl DataLanes {
@@ -193,7 +216,7 @@ async fn receive(lanes: std::sync::Weak<DataLanes>, frames: FrameSink) {
     loop {
         let received = socket.recv_from(&mut buffer).await;
         let Some(lanes) = lanes.upgrade() else { return };
-        let Ok((len, _from)) = received else {
+        let Ok((len, from)) = received else {
             // ICMP errors from earlier sends surface here on some systems; the socket
             // itself is fine.
             continue;
@@ -216,6 +239,7 @@ async fn receive(lanes: std::sync::Weak<DataLanes>, frames: FrameSink) {
                 continue;
             }
         };
+        receiver.heard_from(from);
         receiver.last_opened_ms.store(
             u64::try_from(receiver.epoch.elapsed().as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -245,7 +269,9 @@ async fn receive(lanes: std::sync::Weak<DataLanes>, frames: FrameSink) {
 #[derive(Debug)]
 pub struct LaneSender {
     sealer: LaneSealer,
-    to: SocketAddr,
+    /// The peer's lane address: the link's IP and the offered port, or the port the peer
+    /// was last heard from.
+    to: Arc<Mutex<SocketAddr>>,
     lanes: Arc<DataLanes>,
     /// The peer said `LaneReady` (and not `LaneDown` since).
     ready: AtomicBool,
@@ -269,7 +295,7 @@ impl LaneSender {
         let Ok(datagram) = self.sealer.seal_frame(&frame) else {
             return Err(frame);
         };
-        match self.lanes.send_socket.send_to(&datagram, self.to) {
+        match self.lanes.send_socket.send_to(&datagram, self.to()) {
             Ok(_) => {
                 bump(&self.lanes.counters.frames_sent);
                 Ok(())
@@ -281,11 +307,15 @@ impl LaneSender {
         }
     }
 
+    fn to(&self) -> SocketAddr {
+        *self.to.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn probe(&self) {
         let Ok(datagram) = self.sealer.seal_probe() else {
             return;
         };
-        match self.lanes.send_socket.send_to(&datagram, self.to) {
+        match self.lanes.send_socket.send_to(&datagram, self.to()) {
             Ok(_) => bump(&self.lanes.counters.probes_sent),
             Err(_) => bump(&self.lanes.counters.send_failures),
         }
@@ -353,6 +383,7 @@ impl LaneLink {
         };
         let LaneKeys { sealer, opener } =
             LaneKeys::derive(&self.lanes.local, &self.peer, &secret, offer)?;
+        let peer_addr = Arc::new(Mutex::new(SocketAddr::new(self.peer_ip, offer.port)));
         let receiver = Arc::new(LaneReceiver {
             link: self.link,
             peer: self.peer,
@@ -360,6 +391,7 @@ impl LaneLink {
             last_opened_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             probed: Notify::new(),
+            peer_addr: Arc::clone(&peer_addr),
         });
         self.lanes
             .receivers
@@ -369,7 +401,7 @@ impl LaneLink {
         self.receiver = Some(receiver);
         let sender = Arc::new(LaneSender {
             sealer,
-            to: SocketAddr::new(self.peer_ip, offer.port),
+            to: Arc::clone(&peer_addr),
             lanes: Arc::clone(&self.lanes),
             ready: AtomicBool::new(false),
         });
@@ -406,7 +438,7 @@ impl LaneLink {
         if let Some(sender) = &self.sender {
             sender.ready.store(ready, Ordering::Release);
             if ready {
-                tracing::debug!(peer = %self.peer, to = %sender.to, "data lane in use");
+                tracing::debug!(peer = %self.peer, to = %sender.to(), "data lane in use");
             } else {
                 tracing::debug!(peer = %self.peer, "the peer stopped hearing the data lane");
             }
@@ -577,6 +609,42 @@ mod tests {
         lane_a.on_peer(false);
         assert_eq!(sender.try_send(frame.clone()), Err(frame));
         assert_eq!(a.counters().frames_sent, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_heard_from_another_port_is_answered_there() {
+        let ((a, _at_a), (b, _at_b)) = (node(11), node(12));
+        let ip = "127.0.0.1".parse().expect("ip");
+        let (mut lane_a, offer_a) = LaneLink::start(Arc::clone(&a), b.local, LinkId(3), ip);
+        let (mut lane_b, offer_b) = LaneLink::start(Arc::clone(&b), a.local, LinkId(3), ip);
+        // b has a's offer with a port where nothing listens (as if a NAT had rewritten a's
+        // port): b's probes go nowhere.
+        let dead_port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.local_addr())
+            .expect("a free port")
+            .port();
+        let sender_b = lane_b
+            .accept(&LaneOffer {
+                port: dead_port,
+                ..offer_a
+            })
+            .expect("keys");
+        // a's probe reaches b, from a's real lane port.
+        let _sender_a = lane_a.accept(&offer_b).expect("keys");
+        tokio::time::timeout(WAIT, lane_b.probed())
+            .await
+            .expect("b hears a");
+        assert_eq!(
+            sender_b.to(),
+            a.local_addr().expect("addr"),
+            "b answers where a is"
+        );
+        // b's answer probe now reaches a.
+        assert_eq!(lane_b.on_probe(), Some(LaneSignal::Ready));
+        tokio::time::timeout(WAIT, lane_a.probed())
+            .await
+            .expect("a hears b");
+        assert_eq!(lane_a.on_probe(), Some(LaneSignal::Ready));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

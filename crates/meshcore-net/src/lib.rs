@@ -1,7 +1,7 @@
 //! # meshcore-net
 //!
-//! The node's network driver. It owns the one UDP socket of the node (an iroh QUIC
-//! endpoint bound at `--listen`), runs every link in its own task, discovers peers on the
+//! The node's network driver. It owns the node's UDP sockets (an iroh QUIC endpoint bound
+//! at `--listen`, and the data lane's socket beside it), runs every link in its own task, discovers peers on the
 //! LAN, and drives the sans-IO [`PeerManager`](meshcore_proto::peers::PeerManager) from
 //! one actor task, carrying out its decisions (dial, close, ask for peers).
 //!
@@ -23,6 +23,8 @@
 //!   QUIC link task (handshake, framing, ping, measurement).
 //! - [`network`]: the actor and its [`Network`](network::Network) handle.
 //! - [`lan`]: mDNS discovery on the local network.
+//! - [`lane`]: the data lane: routed packets as sealed UDP datagrams beside QUIC, received,
+//!   relayed and sent in one task.
 //! - [`ledger`]: the relay ledger's persistence (`meshcore_bandwidth_tokens`, the latest
 //!   IOUs) and its API view; the routing driver keeps the ledger itself.
 //! - [`persist`]: the batching writer of known nodes.

@@ -269,7 +269,12 @@ impl Network {
         let frames = FrameSink::new(FRAME_QUEUE);
         let lanes = if config.data_lane {
             match DataLanes::bind(local, config.listen.ip(), frames.clone()) {
-                Ok(lanes) => Some(lanes),
+                Ok(lanes) => {
+                    if let Ok(addr) = lanes.local_addr() {
+                        tracing::info!(%addr, "data lane bound: links carry routed packets on this UDP socket once both ends hear each other");
+                    }
+                    Some(lanes)
+                }
                 Err(error) => {
                     tracing::warn!(%error, ip = %config.listen.ip(), "the data lane is off: its UDP socket could not be bound");
                     None

@@ -14,6 +14,7 @@
 //! - [`dht`]: the Kademlia DHT (routing table, lookups, records, the `DhtNode` state machine).
 //! - [`e2e`]: end-to-end encryption of routed payloads (X25519 + HKDF-SHA256 → AES-256-GCM, replay window).
 //! - [`identity`]: node identities (Ed25519), node ids and domain-separated signatures.
+//! - [`lane`]: the data lane's datagrams and keys (per-link X25519 → HKDF-SHA256 → AES-256-GCM, counter nonces, replay window).
 //! - [`ledger`]: the relay ledger (pay-per-forward charges, signed cumulative IOUs, credit limits).
 //! - [`link`]: the link protocol messages and link quality.
 //! - [`peers`]: the peer manager (connection policy, backoff, blacklist, peer exchange).
