@@ -1,5 +1,5 @@
 //! The relay ledger in the daemon: the routing driver keeps a
-//! [`Bookkeeper`](meshcore_proto::ledger::Bookkeeper) (the sans-IO ledger and its neighbour
+//! [`meshcore_proto::ledger::Bookkeeper`] (the sans-IO ledger and its neighbour
 //! conversation); this module turns its state into the store's rows and back, writes them
 //! from a task of its own, and shapes what `GET tokens` shows.
 //!

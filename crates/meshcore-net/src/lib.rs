@@ -21,7 +21,7 @@
 //!   themselves, on the table and relay budget the routing driver shares with them.
 //! - [`link`]: the transport-agnostic [`Link`](link::LinkHandle) handle, link metrics, and the
 //!   QUIC link task (handshake, framing, ping, measurement).
-//! - [`network`]: the actor and its [`Network`](network::Network) handle.
+//! - [`network`]: the actor and its [`network::Network`] handle.
 //! - [`lan`]: mDNS discovery on the local network.
 //! - [`lane`]: the data lane: routed packets as sealed UDP datagrams beside QUIC, received,
 //!   relayed and sent in one task.

@@ -16,8 +16,8 @@
 //!
 //! Limits: at most [`WebRtcOptions::max_sessions`] sessions; a session whose data channel
 //! has not opened within [`OPEN_TIMEOUT`] or that has received nothing for
-//! [`IDLE_TIMEOUT`] is dropped; a browser that lets [`session::MAX_QUEUED_BYTES`] pile up
-//! is dropped.
+//! [`IDLE_TIMEOUT`] is dropped; a browser that lets `session::MAX_QUEUED_BYTES` (16 MiB)
+//! pile up is dropped.
 
 pub mod mesh_message;
 pub mod mesh_signal;
