@@ -198,20 +198,12 @@ impl LaneKeys {
 }
 
 /// Seals datagrams for the peer. Shared by the tasks that send on the link: the counter is
-/// taken atomically.
+/// taken atomically. (`LessSafeKey`'s `Debug` shows only the algorithm.)
+#[derive(Debug)]
 pub struct LaneSealer {
     key: LessSafeKey,
     lane_id: u64,
     next: AtomicU64,
-}
-
-impl std::fmt::Debug for LaneSealer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaneSealer")
-            .field("lane_id", &self.lane_id)
-            .field("next", &self.next)
-            .finish_non_exhaustive()
-    }
 }
 
 impl LaneSealer {
@@ -261,19 +253,11 @@ pub enum LanePayload {
 }
 
 /// Opens the peer's datagrams, each once.
+#[derive(Debug)]
 pub struct LaneOpener {
     key: LessSafeKey,
     lane_id: u64,
     replay: ReplayWindow,
-}
-
-impl std::fmt::Debug for LaneOpener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaneOpener")
-            .field("lane_id", &self.lane_id)
-            .field("replay", &self.replay)
-            .finish_non_exhaustive()
-    }
 }
 
 impl LaneOpener {
